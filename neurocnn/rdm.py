@@ -1,0 +1,894 @@
+"""Representational dissimilarity matrices: computation, comparison, noise ceilings, resampling.
+
+Model-brain RSA for a CNN "virtual subject":
+
+* :func:`compute_rdm` turns activations (``xr.DataArray`` with a first dim ``stimulus``,
+  a dict of them, or a plain array) into RDMs via Gram matrices accumulated chunk by
+  chunk over features (torch/BLAS, CPU or CUDA, float64 accumulation), so zarr/dask
+  backed layers larger than memory work.
+* :func:`compare_rdms` compares stacks of RDMs many-vs-many with the methods of
+  ``rsatoolbox.rdm.compare`` and the same numbers.
+* :func:`noise_ceiling` and :func:`bootstrap_rdm_comparison` give Nili et al. (2014)
+  noise ceilings and seeded, vectorized bootstraps over stimuli and/or subjects.
+* :func:`meg_layer_time_correlation` gives layer x time curves with peak latencies.
+* Loaders for the 92-image data, user RDM files, and rsatoolbox conversion.
+
+RDM arrays are ``xr.DataArray`` with dims ``("stimulus", "stimulus2")`` and optional
+leading stack dims (``"layer"``, ``"rdm"``, ``"time"``, ...). Stimulus ids are the
+coordinates of both axes.
+
+Bootstrap resampling of stimuli follows rsatoolbox (``bootstrap_sample_pattern`` +
+``RDMs.subsample_pattern``): a stimulus drawn ``c`` times enters ``c`` times, pairs of a
+stimulus with its own copies are dropped. Here this is done exactly without building
+the resampled matrices: the dissimilarity of stimuli ``i < j`` enters with weight
+``c_i * c_j`` (weighted ranks, weighted moments), which is what makes the bootstrap
+vectorized over samples.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.io
+import scipy.stats
+import torch
+import xarray as xr
+
+from ._validation import check_finite, check_fraction, check_option, check_positive_int
+from .exceptions import InvalidDataError, MissingFileError, ShapeMismatchError
+
+__all__ = [
+    "METRICS",
+    "COMPARE_METHODS",
+    "compute_rdm",
+    "compare_rdms",
+    "noise_ceiling",
+    "bootstrap_rdm_comparison",
+    "meg_layer_time_correlation",
+    "load_92images_brain_rdms",
+    "load_92images_reference_rdms",
+    "load_rdms",
+    "load_meg_rdms",
+    "to_rsatoolbox",
+    "from_rsatoolbox",
+]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+Metric = Literal["correlation", "euclidean", "sqeuclidean", "cosine", "crossnobis"]
+CompareMethod = Literal[
+    "spearman", "tau_a", "rho_a", "pearson", "corr", "cosine", "corr_cov", "cosine_cov"
+]
+
+_STACK = "rdm"
+_PROVENANCE_KEYS = ("model", "weights_sha256", "layer", "alias", "relu", "preprocessing")
+_DEFAULT_CHUNK_BYTES = 256 * 2**20
+_TAU_SIGN_MAX_PAIRS = 20_000
+_SYMMETRY_RTOL = 1e-6
+
+
+# ----------------------------------------------------------------------------- helpers
+def _version() -> str:
+    try:
+        return importlib.metadata.version("neurocnn")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, str | int | float]:
+    """Keep netCDF-safe attrs: str/int/float (bool -> int); drop None, dicts, others."""
+    out: dict[str, str | int | float] = {}
+    for key, value in attrs.items():
+        if isinstance(value, (bool, np.bool_)):
+            out[key] = int(value)
+        elif isinstance(value, (str, int, float, np.integer, np.floating)):
+            out[key] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+def _n_from_pairs(n_pairs: int, what: str) -> int:
+    n = int(round((1 + math.sqrt(1 + 8 * n_pairs)) / 2))
+    if n * (n - 1) // 2 != n_pairs or n < 2:
+        raise ShapeMismatchError(
+            f"{what} has {n_pairs} entries, which is not n*(n-1)/2 for any n; pass square "
+            "RDMs or condensed upper-triangle vectors (scipy.spatial.distance.squareform order)."
+        )
+    return n
+
+
+def _to_square(vectors: np.ndarray, n: int) -> np.ndarray:
+    """(k, P) condensed vectors -> (k, n, n) symmetric matrices with zero diagonal."""
+    iu = np.triu_indices(n, 1)
+    out = np.zeros((vectors.shape[0], n, n))
+    out[:, iu[0], iu[1]] = vectors
+    out[:, iu[1], iu[0]] = vectors
+    return out
+
+
+def _from_square(mats: np.ndarray, what: str, ids: Sequence[str] | None = None) -> np.ndarray:
+    """(k, n, n) -> (k, P) after checking finiteness and symmetry."""
+    n = mats.shape[-1]
+    if mats.shape[-2] != n:
+        raise ShapeMismatchError(f"{what} must be square, got shape {mats.shape}.")
+    bad = ~np.isfinite(mats)
+    if bad.any():
+        i = np.argwhere(bad)[0][-2:]
+        name = f" (stimulus {ids[i[0]]!r} vs {ids[i[1]]!r})" if ids is not None else ""
+        raise InvalidDataError(
+            f"{what} contains {int(bad.sum())} NaN/inf value(s), first at {tuple(i)}{name}. "
+            "Remove those stimuli or impute the values before comparing."
+        )
+    scale = max(float(np.abs(mats).max(initial=0.0)), 1e-300)
+    asym = np.abs(mats - np.swapaxes(mats, -1, -2))
+    if (asym > _SYMMETRY_RTOL * scale).any():
+        i = np.argwhere(asym > _SYMMETRY_RTOL * scale)[0][-2:]
+        raise InvalidDataError(
+            f"{what} is not symmetric (entry {tuple(i)} differs from its transpose by "
+            f"{asym.max():.3g}). Pass dissimilarity matrices; symmetrize with (D + D.T) / 2 "
+            "if the asymmetry is numerical noise."
+        )
+    iu = np.triu_indices(n, 1)
+    return np.ascontiguousarray(mats[..., iu[0], iu[1]].reshape(-1, iu[0].size))
+
+
+@dataclass
+class _Stack:
+    """RDMs as condensed vectors plus what is needed to label results."""
+
+    vectors: np.ndarray  # (k, P) float64
+    n: int
+    ids: np.ndarray | None  # (n,) str
+    dim: str | None  # stack dim name; None for a single RDM
+    coords: dict[str, np.ndarray] = field(default_factory=dict)  # on the stack dim
+    attrs: dict[str, Any] = field(default_factory=dict)
+    pattern_coords: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _stack_dataarray(da: xr.DataArray, what: str) -> _Stack:
+    if "stimulus" in da.dims and "stimulus2" in da.dims:
+        lead = [d for d in da.dims if d not in ("stimulus", "stimulus2")]
+        da = da.transpose(*lead, "stimulus", "stimulus2")
+        ids = np.asarray(da["stimulus"].values).astype(str) if "stimulus" in da.coords else None
+        ids2 = np.asarray(da["stimulus2"].values).astype(str) if "stimulus2" in da.coords else None
+        mats = np.asarray(da.values, dtype=np.float64)
+        if ids is not None and ids2 is not None and not np.array_equal(ids, ids2):
+            order = _permutation(ids2, ids, what)
+            mats = mats[..., order]
+        n = mats.shape[-1]
+        vectors = _from_square(mats.reshape(-1, n, n), what, ids)
+        pattern_coords = {
+            name: np.asarray(c.values)
+            for name, c in da.coords.items()
+            if c.dims == ("stimulus",) and name != "stimulus"
+        }
+    else:
+        if da.ndim == 0:
+            raise ShapeMismatchError(f"{what} is a scalar; pass RDMs.")
+        lead = list(da.dims[:-1])
+        vectors = np.asarray(da.values, dtype=np.float64).reshape(-1, da.shape[-1])
+        check_finite(what, vectors)
+        n = _n_from_pairs(vectors.shape[1], what)
+        ids, pattern_coords = None, {}
+    coords: dict[str, np.ndarray] = {}
+    if not lead:
+        dim = None
+    elif len(lead) == 1:
+        dim = str(lead[0])
+        for name, c in da.coords.items():
+            if c.dims == (dim,):
+                coords[str(name)] = np.asarray(c.values)
+    else:
+        dim = _STACK
+        grids = np.meshgrid(*[np.arange(da.sizes[d]) for d in lead], indexing="ij")
+        for d, g in zip(lead, grids):
+            values = np.asarray(da[d].values) if d in da.coords else np.arange(da.sizes[d])
+            coords[str(d)] = values[g.ravel()]
+    return _Stack(vectors, n, ids, dim, coords, dict(da.attrs), pattern_coords)
+
+
+def _as_stack(x: Any, what: str) -> _Stack:
+    """Normalize any accepted RDM input to a :class:`_Stack`."""
+    if isinstance(x, _Stack):
+        return x
+    if isinstance(x, xr.DataArray):
+        return _stack_dataarray(x, what)
+    if isinstance(x, Mapping):
+        return _stack_dataarray(_stack_layers({k: _as_dataarray(v, what) for k, v in x.items()}), what)
+    if hasattr(x, "get_vectors") and hasattr(x, "pattern_descriptors"):
+        return _stack_dataarray(from_rsatoolbox(x), what)
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 1:
+        check_finite(what, arr)
+        return _Stack(arr[None, :].copy(), _n_from_pairs(arr.size, what), None, None)
+    if arr.ndim == 2 and arr.shape[0] == arr.shape[1]:
+        return _Stack(_from_square(arr[None], what), arr.shape[0], None, None)
+    if arr.ndim == 2:
+        check_finite(what, arr)
+        return _Stack(arr.copy(), _n_from_pairs(arr.shape[1], what), None, _STACK)
+    if arr.ndim == 3:
+        return _Stack(_from_square(arr, what), arr.shape[-1], None, _STACK)
+    raise ShapeMismatchError(
+        f"{what} has shape {arr.shape}; expected (n, n), (k, n, n), a condensed vector "
+        "(n*(n-1)/2,) or a stack of them (k, n*(n-1)/2)."
+    )
+
+
+def _as_dataarray(x: Any, what: str) -> xr.DataArray:
+    if isinstance(x, xr.DataArray):
+        return x
+    return _stack_to_dataarray(_as_stack(x, what))
+
+
+def _stack_to_dataarray(st: _Stack) -> xr.DataArray:
+    ids = st.ids if st.ids is not None else np.array([f"{i}" for i in range(st.n)])
+    mats = _to_square(st.vectors, st.n)
+    coords: dict[str, Any] = {"stimulus": ids, "stimulus2": ids.copy()}
+    for name, values in st.pattern_coords.items():
+        coords[name] = ("stimulus", values)
+        coords[f"{name}2"] = ("stimulus2", values)
+    if st.dim is None:
+        return xr.DataArray(mats[0], dims=("stimulus", "stimulus2"), coords=coords, attrs=st.attrs)
+    for name, values in st.coords.items():
+        coords[name] = (st.dim, values)
+    return xr.DataArray(
+        mats, dims=(st.dim, "stimulus", "stimulus2"), coords=coords, attrs=_clean_attrs(st.attrs)
+    )
+
+
+def _permutation(have: np.ndarray, want: np.ndarray, what: str) -> np.ndarray:
+    """Indices p such that have[p] == want; ShapeMismatchError naming differing ids."""
+    have, want = np.asarray(have).astype(str), np.asarray(want).astype(str)
+    if len(np.unique(want)) != len(want) or len(np.unique(have)) != len(have):
+        raise ShapeMismatchError(f"{what}: stimulus ids must be unique.")
+    only_have = sorted(set(have) - set(want))
+    only_want = sorted(set(want) - set(have))
+    if only_have or only_want:
+        raise ShapeMismatchError(
+            f"{what}: stimulus ids differ ({len(have)} vs {len(want)} stimuli). Only in one: "
+            f"{only_want[:5]}{' ...' if len(only_want) > 5 else ''}; only in the other: "
+            f"{only_have[:5]}{' ...' if len(only_have) > 5 else ''}. Select the common "
+            "stimuli (e.g. rdm.sel(stimulus=ids, stimulus2=ids)) before comparing."
+        )
+    index = {s: i for i, s in enumerate(have)}
+    return np.array([index[s] for s in want])
+
+
+def _align(a: _Stack, b: _Stack) -> np.ndarray:
+    """b's vectors reordered to a's stimulus order."""
+    if a.n != b.n:
+        raise ShapeMismatchError(
+            f"RDMs have different numbers of stimuli: {a.n} vs {b.n}. Select the common "
+            "stimuli before comparing."
+        )
+    if a.ids is None or b.ids is None or np.array_equal(a.ids, b.ids):
+        return b.vectors
+    p = _permutation(b.ids, a.ids, "compare_rdms")
+    iu = np.triu_indices(a.n, 1)
+    i, j = np.minimum(p[iu[0]], p[iu[1]]), np.maximum(p[iu[0]], p[iu[1]])
+    pos = i * a.n - i * (i + 1) // 2 + (j - i - 1)
+    return b.vectors[:, pos]
+
+
+# ------------------------------------------------------------------ weighted statistics
+# Every comparison works on batched condensed vectors A (S|1, ka, P), B (S|1, kb, P)
+# with optional pair weights w (S, 1, P) (bootstrap multiplicities) -> (S, ka, kb).
+def _wsum(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    return x.sum(-1) if w is None else (x * w).sum(-1)
+
+
+def _wcount(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    return np.full(x.shape[:-1], float(x.shape[-1])) if w is None else np.broadcast_to(
+        w.sum(-1), np.broadcast_shapes(x.shape[:-1], w.shape[:-1])
+    )
+
+
+def _wcenter(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    return x - (_wsum(x, w) / _wcount(x, w))[..., None]
+
+
+def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: np.ndarray | None = None) -> np.ndarray:
+    """Average ranks of x along the last axis, each entry counted w times.
+
+    Equals ``scipy.stats.rankdata`` of the vector in which entry p is repeated w_p times
+    (a zero weight removes the entry), evaluated at the entries' positions.
+    """
+    if order is None:
+        order = np.argsort(x, axis=-1, kind="stable")
+    shape = np.broadcast_shapes(x.shape, order.shape, x.shape if w is None else w.shape)
+    ob = np.broadcast_to(order, shape)
+    xs = np.take_along_axis(np.broadcast_to(x, shape), ob, -1)
+    ws = np.ones(shape) if w is None else np.take_along_axis(np.broadcast_to(w, shape), ob, -1)
+    cs = np.cumsum(ws, -1)
+    new = np.ones(shape, bool)
+    new[..., 1:] = xs[..., 1:] != xs[..., :-1]
+    last = np.ones(shape, bool)
+    last[..., :-1] = new[..., 1:]
+    before = np.maximum.accumulate(np.where(new, cs - ws, -np.inf), -1)
+    after = np.minimum.accumulate(np.where(last, cs, np.inf)[..., ::-1], -1)[..., ::-1]
+    out = np.empty(shape)
+    np.put_along_axis(out, ob, (before + after + 1.0) / 2.0, -1)
+    return out
+
+
+def _cmp_cosine(A, B, w=None, orders=(None, None)):
+    Aw = A if w is None else A * w
+    num = np.matmul(Aw, np.swapaxes(B, -1, -2))
+    na = np.sqrt(np.einsum("...p,...p->...", Aw, A))
+    nb = np.sqrt(_wsum(B * B, w))
+    den = na[..., :, None] * nb[..., None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where(den > 0, out, 0.0)  # rsatoolbox: zero-norm vectors compare as 0
+
+
+def _cmp_pearson(A, B, w=None, orders=(None, None)):
+    return _cmp_cosine(_wcenter(A, w), _wcenter(B, w), w)
+
+
+def _cmp_spearman(A, B, w=None, orders=(None, None)):
+    return _cmp_pearson(_wrank(A, w, orders[0]), _wrank(B, w, orders[1]), w)
+
+
+def _cmp_rho_a(A, B, w=None, orders=(None, None)):
+    ra = _wcenter(_wrank(A, w, orders[0]), w)
+    rb = _wcenter(_wrank(B, w, orders[1]), w)
+    n = _wcount(A[..., :1, :], w)[..., None]  # (S, 1, 1)
+    return np.matmul(ra if w is None else ra * w, np.swapaxes(rb, -1, -2)) * 12.0 / (n**3 - n)
+
+
+def _tau_a_pair_scipy(x: np.ndarray, y: np.ndarray, tx: float, ty: float) -> float:
+    """Exact tau-a from scipy's O(P log P) tau-b: (C - D) = tau_b * sqrt((n0-tx)(n0-ty))."""
+    n0 = x.size * (x.size - 1) / 2.0
+    if tx == n0 or ty == n0:
+        return 0.0
+    tau_b = scipy.stats.kendalltau(x, y).statistic
+    return float(np.clip(tau_b * math.sqrt((n0 - tx) * (n0 - ty)) / n0, -1.0, 1.0))
+
+
+def _tie_pairs(x: np.ndarray) -> float:
+    _, counts = np.unique(x, return_counts=True)
+    return float((counts * (counts - 1) // 2).sum())
+
+
+def _cmp_tau_a(A, B, w=None, orders=(None, None)):
+    """Kendall tau-a: sum of sign products over pairs of entries / number of pairs.
+
+    Sign matrices are built in row chunks and contracted with a matmul, which counts
+    concordant minus discordant pairs exactly (integers in float). Large unweighted
+    vectors fall back to scipy's O(P log P) algorithm per pair of RDMs.
+    """
+    P = A.shape[-1]
+    S = max(A.shape[0], B.shape[0], 1 if w is None else w.shape[0])
+    out = np.zeros((S, A.shape[-2], B.shape[-2]))
+    if w is None and P > _TAU_SIGN_MAX_PAIRS:
+        tb = [_tie_pairs(v) for v in B[0]]
+        for i, x in enumerate(A[0]):
+            tx = _tie_pairs(x)
+            for j, y in enumerate(B[0]):
+                out[0, i, j] = _tau_a_pair_scipy(x, y, tx, tb[j])
+        return out
+    dtype = torch.float32 if w is None else torch.float64  # float32 exact below 2**24
+    chunk = max(1, min(P, (2**23 if w is None else 2**22) // max(P, 1) // max(S, 1)))
+    At, Bt = torch.from_numpy(np.ascontiguousarray(A)), torch.from_numpy(np.ascontiguousarray(B))
+    wt = None if w is None else torch.from_numpy(np.ascontiguousarray(w))
+    acc = torch.zeros(out.shape, dtype=torch.float64)
+    for start in range(0, P, chunk):
+        stop = min(P, start + chunk)
+        sa = torch.sign(At[..., start:stop, None] - At[..., None, :]).to(dtype)  # (Sa,ka,c,P)
+        sb = torch.sign(Bt[..., start:stop, None] - Bt[..., None, :]).to(dtype)
+        if wt is not None:
+            ww = wt[..., start:stop, None] * wt[..., None, :]  # (S,1,c,P)
+            sa = sa * ww
+        sa = sa.reshape(sa.shape[0], sa.shape[1], -1)
+        sb = sb.reshape(sb.shape[0], sb.shape[1], -1)
+        acc += torch.matmul(sa, sb.transpose(-1, -2)).to(torch.float64)
+    n = _wcount(A[..., :1, :], w)[..., None]
+    return np.clip(acc.numpy() / (n * (n - 1)), -1.0, 1.0)  # acc counts ordered pairs twice
+
+
+def _double_centered(V: np.ndarray) -> np.ndarray:
+    """Condensed RDMs (S, k, P) -> flattened H(-D/2)H, i.e. rsatoolbox's _cov_weighting."""
+    n = _n_from_pairs(V.shape[-1], "RDM")
+    lead = V.shape[:-1]
+    G = -0.5 * _to_square(V.reshape(-1, V.shape[-1]), n)
+    G = G - G.mean(1, keepdims=True) - G.mean(2, keepdims=True) + G.mean((1, 2), keepdims=True)
+    return G.reshape(*lead, n * n)
+
+
+def _weights_unsupported(method: str) -> None:
+    raise InvalidDataError(
+        f"method {method!r} (whitened) cannot be bootstrapped over stimuli: resampled RDMs "
+        "with repeated stimuli need rsatoolbox's missing-value whitening. Use over='subjects' "
+        "or an unwhitened method ('pearson', 'cosine', 'spearman', 'rho_a', 'tau_a')."
+    )
+
+
+def _cmp_cosine_cov(A, B, w=None, orders=(None, None)):
+    if w is not None:
+        _weights_unsupported("cosine_cov")
+    return _cmp_cosine(_double_centered(A), _double_centered(B))
+
+
+def _cmp_corr_cov(A, B, w=None, orders=(None, None)):
+    if w is not None:
+        _weights_unsupported("corr_cov")
+    return _cmp_cosine_cov(_wcenter(A, None), _wcenter(B, None))
+
+
+_COMPARE: dict[str, Callable[..., np.ndarray]] = {
+    "spearman": _cmp_spearman,
+    "tau_a": _cmp_tau_a,
+    "rho_a": _cmp_rho_a,
+    "pearson": _cmp_pearson,
+    "corr": _cmp_pearson,
+    "cosine": _cmp_cosine,
+    "corr_cov": _cmp_corr_cov,
+    "cosine_cov": _cmp_cosine_cov,
+}
+COMPARE_METHODS: tuple[str, ...] = tuple(_COMPARE)
+_RANK_METHODS = frozenset({"spearman", "rho_a", "tau_a"})
+
+
+# Pooling for noise ceilings (rsatoolbox.util.inference_util.pool_rdm): transform each
+# RDM, then average. Shifts that cannot change the comparison are left out.
+def _pool_scale(V, w, orders=None):
+    return V / np.sqrt(_wsum(V * V, w) / _wcount(V, w))[..., None]
+
+
+def _pool_zscore(V, w, orders=None):
+    Vc = _wcenter(V, w)
+    return Vc / np.sqrt(_wsum(Vc * Vc, w) / _wcount(V, w))[..., None]
+
+
+def _pool_rank(V, w, orders=None):
+    return _wrank(V, w, orders)
+
+
+_POOL: dict[str, Callable[..., np.ndarray]] = {
+    "spearman": _pool_rank,
+    "tau_a": _pool_rank,
+    "rho_a": _pool_rank,
+    "pearson": _pool_zscore,
+    "corr": _pool_zscore,
+    "cosine": _pool_scale,
+    "corr_cov": _pool_zscore,
+    "cosine_cov": _pool_scale,
+}
+
+
+def _orders(V: np.ndarray, method: str) -> np.ndarray | None:
+    return np.argsort(V, axis=-1, kind="stable") if method in _RANK_METHODS else None
+
+
+def _compare_batched(A, B, method, w=None, orders=(None, None)) -> np.ndarray:
+    return _COMPARE[method](A, B, w, orders)
+
+
+def _noise_ceiling_core(V, method, w=None, c=None, order=None) -> tuple[np.ndarray, np.ndarray]:
+    """Lower/upper noise ceiling, batched over samples.
+
+    V (1, k, P) subject RDMs; w (S, 1, P) pair weights; c (S, k) subject multiplicities.
+    Returns lower, upper of shape (S,), NaN where the lower bound is undefined.
+    """
+    k = V.shape[-2]
+    c = np.ones((1, k)) if c is None else c
+    T = _POOL[method](V, w, order)  # (S|1, k, P)
+    total = np.einsum("sk,skp->sp", c, np.broadcast_to(T, (max(T.shape[0], c.shape[0]),) + T.shape[1:]))
+    C = c.sum(1)
+    upper_pool = (total / C[:, None])[:, None, :]
+    rest = C[:, None] - c  # (S, k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loo = (total[:, None, :] - c[..., None] * T) / rest[..., None]  # (S, k, P)
+    present = c > 0
+    loo = np.where((rest > 0)[..., None], loo, 0.0)
+    upper = _compare_batched(upper_pool, V, method, w, (None, order))[:, 0, :]  # (S, k)
+    lower_all = _compare_batched(loo, V, method, w, (None, order))  # (S, k, k)
+    lower_k = np.diagonal(lower_all, axis1=1, axis2=2)
+    n_present = present.sum(1)
+    upper = (upper * present).sum(1) / n_present
+    lower = (lower_k * present).sum(1) / n_present
+    lower = np.where(n_present >= 2, lower, np.nan)  # leave-one-out needs 2 subjects
+    return lower, upper
+
+
+# --------------------------------------------------------------------- compute_rdm
+@dataclass
+class _Activations:
+    n_rows: int
+    row_ids: np.ndarray
+    runs: np.ndarray | None
+    n_features: int
+    blocks: Callable[[int], Any]  # chunk_size -> iterator of (n_rows, f) arrays
+    pattern_coords: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+
+
+def _activations(x: Any, runs: Any, stimulus_ids: Any) -> _Activations:
+    if isinstance(x, xr.DataArray):
+        if "stimulus" not in x.dims:
+            raise ShapeMismatchError(
+                f"activations need a 'stimulus' dim, got dims {x.dims}. Rename the stimulus "
+                "axis (da.rename({'old': 'stimulus'})) or pass a numpy array."
+            )
+        lead = ["stimulus"] + (["run"] if "run" in x.dims else [])
+        feat = [d for d in x.dims if d not in lead]
+        if not feat:
+            raise ShapeMismatchError("activations have no feature dims after 'stimulus'.")
+        x = x.transpose(*lead, *feat)
+        n_stim = x.sizes["stimulus"]
+        ids = (
+            np.asarray(x["stimulus"].values).astype(str)
+            if "stimulus" in x.coords
+            else np.array([str(i) for i in range(n_stim)])
+        )
+        pattern_coords = {
+            str(k): np.asarray(c.values)
+            for k, c in x.coords.items()
+            if c.dims == ("stimulus",) and k != "stimulus"
+        }
+        if "run" in x.dims:
+            if runs is not None:
+                raise ShapeMismatchError("pass runs either as a 'run' dim or as runs=, not both.")
+            n_run = x.sizes["run"]
+            run_values = np.asarray(x["run"].values) if "run" in x.coords else np.arange(n_run)
+            row_ids, runs = np.repeat(ids, n_run), np.tile(run_values, n_stim)
+            pattern_coords = {k: np.repeat(v, n_run) for k, v in pattern_coords.items()}
+        else:
+            row_ids = ids
+        n_rows = len(row_ids)
+        d0 = feat[0]
+        per_d0 = int(np.prod([x.sizes[d] for d in feat[1:]], dtype=np.int64))
+        n_features = per_d0 * x.sizes[d0]
+
+        def blocks(chunk: int, x=x, d0=d0, per_d0=per_d0, n_rows=n_rows):
+            step = max(1, chunk // per_d0)
+            for start in range(0, x.sizes[d0], step):
+                part = x.isel({d0: slice(start, start + step)}).values
+                yield np.asarray(part).reshape(n_rows, -1)
+
+        return _Activations(n_rows, row_ids, None if runs is None else np.asarray(runs),
+                            n_features, blocks, pattern_coords, dict(x.attrs))
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.ndim < 2:
+        raise ShapeMismatchError(
+            f"activations must be (n_stimuli, n_features), got shape {arr.shape}."
+        )
+    arr = arr.reshape(arr.shape[0], -1)
+    n_rows = arr.shape[0]
+    row_ids = (
+        np.array([str(i) for i in range(n_rows)])
+        if stimulus_ids is None
+        else np.asarray(stimulus_ids).astype(str)
+    )
+    if len(row_ids) != n_rows:
+        raise ShapeMismatchError(f"{len(row_ids)} stimulus ids for {n_rows} rows of activations.")
+
+    def blocks(chunk: int, arr=arr):
+        for start in range(0, arr.shape[1], chunk):
+            yield arr[:, start : start + chunk]
+
+    return _Activations(n_rows, row_ids, None if runs is None else np.asarray(runs),
+                        arr.shape[1], blocks, {}, {})
+
+
+def _gram(act: _Activations, noise: np.ndarray | None, device: str, chunk_size: int | None,
+          dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate G = X N X^T (N = noise precision, identity if None) and row sums of X."""
+    dev = torch.device(device)
+    G = torch.zeros((act.n_rows, act.n_rows), dtype=torch.float64, device=dev)
+    s = torch.zeros(act.n_rows, dtype=torch.float64, device=dev)
+    if noise is not None and noise.ndim == 2:
+        chunk = act.n_features  # a full precision matrix couples all features
+    else:
+        chunk = chunk_size or max(1, _DEFAULT_CHUNK_BYTES // (8 * max(act.n_rows, 1)))
+    offset = 0
+    for block in act.blocks(chunk):
+        f = block.shape[1]
+        finite = np.isfinite(block)
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0][0])
+            raise InvalidDataError(
+                f"activations of stimulus {act.row_ids[row]!r} contain NaN/inf. Drop that "
+                "stimulus or fix the extraction before computing RDMs."
+            )
+        t = torch.from_numpy(np.ascontiguousarray(block)).to(device=dev, dtype=dtype)
+        if noise is None:
+            tw = t
+        elif noise.ndim == 1:
+            tw = t * torch.from_numpy(noise[offset : offset + f]).to(device=dev, dtype=dtype)
+        else:
+            tw = t @ torch.from_numpy(noise).to(device=dev, dtype=dtype)
+        G += (tw @ t.T).to(torch.float64)
+        s += t.sum(1, dtype=torch.float64) if dtype == torch.float64 else t.sum(1).to(torch.float64)
+        offset += f
+    return G, s
+
+
+def _diag_check(d: torch.Tensor, scale: torch.Tensor, ids: np.ndarray, why: str) -> None:
+    bad = (d <= 1e-12 * scale.clamp_min(1e-300)).nonzero().flatten().tolist()
+    if bad:
+        raise InvalidDataError(
+            f"stimulus {ids[bad[0]]!r}{' and %d more' % (len(bad) - 1) if len(bad) > 1 else ''} "
+            f"has {why}; its {why.split()[0]} dissimilarity is undefined. Drop it or use "
+            "metric='euclidean'."
+        )
+
+
+def _rdm_correlation(G, s, F, ids):
+    C = G - torch.outer(s, s) / F
+    d = torch.diagonal(C)
+    _diag_check(d, torch.diagonal(G), ids, "a constant activation pattern")
+    r = C / torch.sqrt(torch.outer(d, d))
+    return 1.0 - r
+
+
+def _rdm_cosine(G, s, F, ids):
+    d = torch.diagonal(G)
+    _diag_check(d, d.max().expand_as(d), ids, "an all-zero activation pattern")
+    return 1.0 - G / torch.sqrt(torch.outer(d, d))
+
+
+def _rdm_sqeuclidean(G, s, F, ids):
+    d = torch.diagonal(G)
+    return (d[:, None] + d[None, :] - 2.0 * G).clamp_min(0.0)
+
+
+def _rdm_euclidean(G, s, F, ids):
+    return torch.sqrt(_rdm_sqeuclidean(G, s, F, ids))
+
+
+_METRICS: dict[str, Callable[..., torch.Tensor]] = {
+    "correlation": _rdm_correlation,
+    "euclidean": _rdm_euclidean,
+    "sqeuclidean": _rdm_sqeuclidean,
+    "cosine": _rdm_cosine,
+}
+METRICS: tuple[str, ...] = (*_METRICS, "crossnobis")
+
+
+def _averaging_matrix(labels: np.ndarray, mask: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    A = (labels[None, :] == groups[:, None]) & mask[None, :]
+    counts = A.sum(1, keepdims=True)
+    return A / np.maximum(counts, 1)
+
+
+def _crossnobis(G: torch.Tensor, act: _Activations, conds: np.ndarray) -> np.ndarray:
+    """Leave-one-run-out crossnobis as rsatoolbox.rdm.calc_rdm_crossnobis (divided by F)."""
+    if act.runs is None:
+        raise ShapeMismatchError(
+            "metric 'crossnobis' needs repeated measurements: pass runs= (one label per row) "
+            "or activations with a 'run' dim."
+        )
+    runs = act.runs
+    if len(runs) != act.n_rows:
+        raise ShapeMismatchError(f"{len(runs)} run labels for {act.n_rows} rows of activations.")
+    folds = np.unique(runs)
+    if len(folds) < 2:
+        raise ShapeMismatchError("metric 'crossnobis' needs at least 2 runs.")
+    Gn = G.cpu().numpy()
+    out = np.zeros((len(conds), len(conds)))
+    for fold in folds:
+        test = runs == fold
+        missing = [c for c in conds if not np.any(test & (act.row_ids == c))]
+        if missing:
+            raise ShapeMismatchError(
+                f"crossnobis: run {fold!r} has no measurement of stimulus {missing[0]!r}; "
+                "every stimulus must be measured in every run."
+            )
+        At = _averaging_matrix(act.row_ids, test, conds)
+        Ar = _averaging_matrix(act.row_ids, ~test, conds)
+        K = Ar @ Gn @ At.T
+        dk = np.diag(K)
+        out += dk[:, None] + dk[None, :] - K - K.T
+    out /= len(folds) * act.n_features
+    np.fill_diagonal(out, 0.0)
+    return out
+
+
+def _unique_in_order(values: np.ndarray) -> np.ndarray:
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
+
+
+def _compute_one(act: _Activations, metric: str, noise, device, chunk_size, dtype) -> xr.DataArray:
+    if noise is not None:
+        noise = np.asarray(noise, dtype=np.float64)
+        if noise.ndim == 2 and noise.shape != (act.n_features, act.n_features) or (
+            noise.ndim == 1 and noise.shape[0] != act.n_features
+        ) or noise.ndim not in (1, 2):
+            raise ShapeMismatchError(
+                f"noise must be a ({act.n_features}, {act.n_features}) precision matrix or a "
+                f"length-{act.n_features} diagonal, got shape {noise.shape}."
+            )
+    G, s = _gram(act, noise, device, chunk_size, dtype)
+    conds = _unique_in_order(act.row_ids)
+    if metric == "crossnobis":
+        D = _crossnobis(G, act, conds)
+    else:
+        if len(conds) != act.n_rows:  # repeated measurements: average patterns first
+            A = torch.from_numpy(_averaging_matrix(act.row_ids, np.ones(act.n_rows, bool), conds)).to(G)
+            G, s = A @ G @ A.T, A @ s
+        D = _METRICS[metric](G, s, float(act.n_features), conds).cpu().numpy()
+        D = (D + D.T) / 2.0
+        np.fill_diagonal(D, 0.0)
+    first = np.array([np.flatnonzero(act.row_ids == c)[0] for c in conds])
+    coords: dict[str, Any] = {"stimulus": conds, "stimulus2": conds.copy()}
+    for name, values in act.pattern_coords.items():
+        coords[name] = ("stimulus", values[first])
+        coords[f"{name}2"] = ("stimulus2", values[first])
+    attrs = _clean_attrs({k: act.attrs[k] for k in _PROVENANCE_KEYS if k in act.attrs})
+    attrs.update(metric=metric, n_features=int(act.n_features), neurocnn_version=_version())
+    if metric == "crossnobis":
+        attrs["n_runs"] = int(len(np.unique(act.runs)))
+    return xr.DataArray(D, dims=("stimulus", "stimulus2"), coords=coords, attrs=attrs)
+
+
+def _stack_layers(rdms: Mapping[str, xr.DataArray], dim: str = "layer") -> xr.DataArray:
+    names = list(rdms)
+    stacked = xr.concat([rdms[k] for k in names], dim=dim, coords="minimal", compat="override",
+                        combine_attrs="drop_conflicts")
+    stacked = stacked.assign_coords({dim: np.asarray(names).astype(str)})
+    stacked.attrs = _clean_attrs({k: v for k, v in stacked.attrs.items() if k != "layer"})
+    return stacked
+
+
+def compute_rdm(
+    activations: xr.DataArray | np.ndarray | torch.Tensor | Mapping[str, Any],
+    metric: Metric = "correlation",
+    *,
+    runs: Sequence[Any] | np.ndarray | None = None,
+    noise: np.ndarray | None = None,
+    stimulus_ids: Sequence[str] | None = None,
+    device: str = "cpu",
+    chunk_size: int | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> xr.DataArray:
+    """Compute a representational dissimilarity matrix from activations.
+
+    All metrics are computed from the Gram matrix ``X X^T`` (and row sums), which is
+    accumulated over chunks of features in float64 with torch (BLAS on CPU, cuBLAS on
+    CUDA). A zarr- or dask-backed DataArray is read one chunk of features at a time, so
+    layers larger than memory work.
+
+    Parameters
+    ----------
+    activations : xr.DataArray, ndarray, torch.Tensor or dict of them
+        DataArray with a ``stimulus`` dim (coords = stimulus ids, other coords on that
+        dim are kept as metadata) and feature dims (``channel, y, x`` or ``unit``,
+        flattened); an optional ``run`` dim holds repeated measurements. An array is
+        ``(n_rows, n_features, ...)``. A dict maps layer names to such inputs and
+        gives a stack with a ``layer`` dim.
+    metric : {"correlation", "euclidean", "sqeuclidean", "cosine", "crossnobis"}
+        ``correlation`` = 1 - Pearson r, ``euclidean``/``sqeuclidean``/``cosine`` as
+        in ``scipy.spatial.distance.pdist``. ``crossnobis`` is the leave-one-run-out
+        cross-validated Mahalanobis distance divided by the number of features, as
+        ``rsatoolbox.rdm.calc_rdm(method="crossnobis")``.
+    runs : sequence, optional
+        Run label of each row (rows with the same stimulus id are repeated
+        measurements). Needed for ``crossnobis`` unless there is a ``run`` dim. With
+        other metrics, repeated measurements are averaged per stimulus.
+    noise : ndarray, optional
+        Noise precision matrix ``(n_features, n_features)`` or its diagonal
+        ``(n_features,)`` for ``crossnobis``; identity if None. A full matrix needs all
+        features in memory at once.
+    stimulus_ids : sequence of str, optional
+        Ids of the rows of an array input (default ``"0"``, ``"1"``, ...).
+    device : str
+        torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    chunk_size : int, optional
+        Number of features per chunk (default: about 256 MiB of float64 per chunk).
+    dtype : torch.dtype
+        dtype of the chunk products; they are always accumulated in float64.
+
+    Returns
+    -------
+    xr.DataArray
+        Dims ``("stimulus", "stimulus2")`` (``("layer", "stimulus", "stimulus2")`` for a
+        dict), stimulus ids on both axes, metadata coords (``category`` on
+        ``stimulus``, ``category2`` on ``stimulus2``), attrs ``metric``, ``n_features``,
+        ``neurocnn_version`` and the input's ``model``, ``weights_sha256``, ``layer``...
+
+    Raises
+    ------
+    UnknownNameError
+        Unknown metric.
+    InvalidDataError
+        NaN/inf activations, or a constant (correlation) / all-zero (cosine) pattern;
+        the message names the stimulus.
+    ShapeMismatchError
+        No ``stimulus`` dim, wrong id/run/noise lengths, crossnobis without runs.
+
+    Examples
+    --------
+    >>> rdm = compute_rdm(np.random.default_rng(0).normal(size=(5, 20)))
+    >>> rdm.dims
+    ('stimulus', 'stimulus2')
+    """
+    check_option("metric", metric, METRICS)
+    if isinstance(activations, Mapping):
+        return _stack_layers({
+            str(k): compute_rdm(v, metric, runs=runs, noise=noise, stimulus_ids=stimulus_ids,
+                                device=device, chunk_size=chunk_size, dtype=dtype)
+            for k, v in activations.items()
+        })
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)
+    act = _activations(activations, runs, stimulus_ids)
+    logger.debug("compute_rdm: %d rows x %d features, metric %s", act.n_rows, act.n_features, metric)
+    return _compute_one(act, metric, noise, device, chunk_size, dtype)
+
+
+# --------------------------------------------------------------------- compare_rdms
+def _result_dims(a: _Stack, b: _Stack) -> tuple[str, str]:
+    da = a.dim or _STACK
+    db = b.dim or _STACK
+    if db == da:
+        db = f"{db}2"
+    return da, db
+
+
+def compare_rdms(
+    a: Any,
+    b: Any,
+    method: CompareMethod = "spearman",
+) -> xr.DataArray:
+    """Compare RDMs many-vs-many, numerically as ``rsatoolbox.rdm.compare``.
+
+    Parameters
+    ----------
+    a, b : xr.DataArray, ndarray, rsatoolbox.rdm.RDMs or dict of layer RDMs
+        One RDM or a stack. DataArrays: square with dims ``stimulus, stimulus2`` and
+        any leading stack dims (several are flattened to one ``rdm`` dim with one coord
+        per original dim), or condensed vectors along the last dim. Arrays: ``(n, n)``,
+        ``(k, n, n)``, condensed ``(P,)`` or ``(k, P)`` in ``squareform`` order (a 2-D
+        square array is always read as one RDM).
+    method : {"spearman", "tau_a", "rho_a", "pearson", "corr", "cosine", "corr_cov", \
+"cosine_cov"}
+        ``pearson`` and ``corr`` are the same; ``*_cov`` are the whitened variants
+        (rsatoolbox ``corr_cov``/``cosine_cov`` with ``sigma_k=None``); ``tau_a`` is
+        Kendall's tau-a (rsatoolbox ``tau-a``), ``rho_a`` rsatoolbox ``rho-a``.
+
+    Returns
+    -------
+    xr.DataArray
+        Dims (a's stack dim, b's stack dim); a dim is left out where its input was a
+        single RDM (so single vs single is 0-d). Equal names get ``2`` appended to b's.
+
+    Raises
+    ------
+    ShapeMismatchError
+        Different numbers of stimuli or different stimulus ids (the message lists them);
+        the same ids in another order are reordered to a's order.
+    InvalidDataError
+        NaN/inf or non-symmetric matrices.
+    UnknownNameError
+        Unknown method.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).random(10)
+    >>> float(compare_rdms(x, x, "spearman"))
+    1.0
+    """
+    check_option("method", method, COMPARE_METHODS)
+    sa, sb = _as_stack(a, "a"), _as_stack(b, "b")
+    vb = _align(sa, sb)
+    sim = _compare_batched(sa.vectors[None], vb[None], method)[0]
+    da, db = _result_dims(sa, sb)
+    coords: dict[str, Any] = {}
+    for st, d in ((sa, da), (sb, db)):
+        for name, values in st.coords.items():
+            coords[name if d == st.dim else f"{name}2"] = (d, values)
+    out = xr.DataArray(sim, dims=(da, db), coords=coords, attrs={"method": method})
+    squeeze = [d for st, d in ((sa, da), (sb, db)) if st.dim is None]
+    return out.isel({d: 0 for d in squeeze}, drop=True) if squeeze else out
