@@ -1,0 +1,423 @@
+"""Stimulus sets: images plus per-stimulus metadata.
+
+A :class:`StimulusSet` holds stimulus ids, per-stimulus metadata (which become
+xarray coordinates on the ``stimulus`` dim of every result) and the images, loaded
+lazily from files or held as an array. Images are returned as float tensors in
+[0, 1] with shape (3, H, W); grayscale images are replicated to three channels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import xarray as xr
+from PIL import Image, UnidentifiedImageError
+
+from . import datasets
+from ._validation import check_option
+from .exceptions import ShapeMismatchError, StimulusError
+
+__all__ = ["StimulusSet", "load_stimuli", "list_stimulus_sets", "IMAGE_EXTENSIONS"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm")
+MixedSizes = Literal["error", "allow"]
+
+
+class StimulusSet:
+    """An ordered set of images with ids and metadata.
+
+    Parameters
+    ----------
+    images : sequence of path, or numpy.ndarray / torch.Tensor
+        Image files, or an array of shape (N, H, W), (N, H, W, 3) (uint8 or float in
+        [0, 1]) or (N, 3, H, W) (float in [0, 1]).
+    ids : sequence of str, optional
+        Unique stimulus ids; default: file stems or ``stim_0000`` ...
+    metadata : mapping of str to sequence, optional
+        Per-stimulus metadata (category, face, ...), one value per stimulus.
+    name : str
+        Name of the set (provenance).
+
+    Raises
+    ------
+    StimulusError
+        If there are no images, ids are not unique, or an array has the wrong shape.
+    ShapeMismatchError
+        If metadata or ids do not have one value per stimulus.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[str | os.PathLike] | np.ndarray | torch.Tensor,
+        *,
+        ids: Sequence[str] | None = None,
+        metadata: Mapping[str, Sequence] | None = None,
+        name: str = "stimuli",
+    ) -> None:
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            self._array: torch.Tensor | None = _array_to_tensor(images)
+            self._paths: list[Path] = []
+            n = self._array.shape[0]
+            default_ids = [f"stim_{i:04d}" for i in range(n)]
+        else:
+            self._array = None
+            self._paths = [Path(p) for p in images]
+            n = len(self._paths)
+            default_ids = [p.stem for p in self._paths]
+            if len(set(default_ids)) < n:
+                default_ids = [f"{p.parent.name}/{p.stem}" for p in self._paths]
+            if len(set(default_ids)) < n:
+                default_ids = [str(p) for p in self._paths]
+        if n == 0:
+            raise StimulusError("The stimulus set is empty: give at least one image.")
+        self.ids = np.asarray(list(ids) if ids is not None else default_ids, dtype=str)
+        if self.ids.shape != (n,):
+            raise ShapeMismatchError(f"Got {self.ids.size} ids for {n} stimuli; give one id each.")
+        if len(set(self.ids.tolist())) != n:
+            dup = sorted({i for i in self.ids.tolist() if (self.ids == i).sum() > 1})
+            raise StimulusError(f"Stimulus ids must be unique; repeated: {dup[:5]}.")
+        self.metadata: dict[str, np.ndarray] = {}
+        for key, values in (metadata or {}).items():
+            arr = np.asarray(values)
+            if arr.shape != (n,):
+                raise ShapeMismatchError(
+                    f"Metadata {key!r} has shape {arr.shape}; it needs one value per stimulus ({n},)."
+                )
+            self.metadata[key] = arr
+        self.name = name
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def __repr__(self) -> str:
+        meta = ", ".join(self.metadata) or "none"
+        return f"<StimulusSet {self.name!r}: {len(self)} stimuli; metadata: {meta}>"
+
+    @property
+    def paths(self) -> list[Path]:
+        """Image files (empty for array-backed sets)."""
+        return list(self._paths)
+
+    def coords(self) -> dict[str, tuple[str, np.ndarray]]:
+        """Return xarray coordinates for the ``stimulus`` dim (ids and metadata)."""
+        out = {"stimulus": ("stimulus", self.ids)}
+        out.update({k: ("stimulus", v) for k, v in self.metadata.items()})
+        return out
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> StimulusSet:
+        """Return a new set with the stimuli at ``index`` (integers or a boolean mask)."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            if index.shape != (len(self),):
+                raise ShapeMismatchError(f"Boolean mask has shape {index.shape}, expected ({len(self)},).")
+            index = np.flatnonzero(index)
+        if index.size and (index.min() < -len(self) or index.max() >= len(self)):
+            raise StimulusError(f"Stimulus index out of range for a set of {len(self)} stimuli.")
+        images = self._array[index] if self._array is not None else [self._paths[i] for i in index]
+        return StimulusSet(
+            images,
+            ids=self.ids[index],
+            metadata={k: v[index] for k, v in self.metadata.items()},
+            name=self.name,
+        )
+
+    def where(self, **conditions: object) -> StimulusSet:
+        """Return the stimuli whose metadata equal the given values, e.g. ``where(category="face")``.
+
+        A value may be a list, meaning "any of these".
+        """
+        mask = np.ones(len(self), dtype=bool)
+        for key, value in conditions.items():
+            check_option("metadata field", key, self.metadata)
+            values = value if isinstance(value, (list, tuple, set)) else [value]
+            mask &= np.isin(self.metadata[key], list(values))
+        if not mask.any():
+            raise StimulusError(f"No stimulus in {self.name!r} matches {conditions}.")
+        return self.subset(mask)
+
+    def load(self, index: int) -> torch.Tensor:
+        """Return image ``index`` as a float tensor (3, H, W) in [0, 1]."""
+        if self._array is not None:
+            return self._array[index]
+        return _read_image(self._paths[index])
+
+    def batches(
+        self, batch_size: int, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> "BatchIterator":
+        """Iterate over ``(start, batch)`` with ``transform`` applied to each image.
+
+        ``transform`` maps one (3, H, W) image to a fixed-size tensor (e.g. a
+        :class:`~neurocnn.models.Preprocessing`), so images of any size can be batched.
+        """
+        return BatchIterator(self, batch_size, transform)
+
+    def images(self, size: int | None = None) -> xr.DataArray:
+        """Return all images as uint8 xarray (stimulus, y, x, rgb), resized to ``size`` if given.
+
+        Raises
+        ------
+        ShapeMismatchError
+            If images differ in size and ``size`` is None.
+        """
+        imgs = []
+        for i in range(len(self)):
+            img = self.load(i)
+            if size is not None:
+                img = torch.nn.functional.interpolate(
+                    img[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                )[0]
+            imgs.append(img)
+        shapes = {tuple(im.shape) for im in imgs}
+        if len(shapes) > 1:
+            raise ShapeMismatchError(f"Images differ in size {sorted(shapes)[:3]}; pass size=.")
+        data = (torch.stack(imgs).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return xr.DataArray(
+            data.numpy(),
+            dims=("stimulus", "y", "x", "rgb"),
+            coords={**self.coords(), "rgb": ["r", "g", "b"]},
+            attrs={"stimulus_set": self.name},
+        )
+
+    def check_sizes(self) -> tuple[int, int]:
+        """Return the common (H, W) of all images; raise naming the first file that differs."""
+        if self._array is not None:
+            return int(self._array.shape[-2]), int(self._array.shape[-1])
+        first = None
+        for i in range(len(self)):
+            with _open(self._paths[i]) as im:
+                hw = (im.height, im.width)
+            if first is None:
+                first = hw
+            elif hw != first:
+                raise ShapeMismatchError(
+                    f"{self._paths[i]} is {hw[1]}x{hw[0]} px but {self._paths[0]} is "
+                    f"{first[1]}x{first[0]} px. Resize the images to one size, or load them with "
+                    "mixed_sizes='allow' to let the model's preprocessing resize each image."
+                )
+        assert first is not None
+        return first
+
+
+class BatchIterator:
+    """Iterator over preprocessed batches of a :class:`StimulusSet` (see ``StimulusSet.batches``)."""
+
+    def __init__(
+        self, stimuli: StimulusSet, batch_size: int, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        self.stimuli, self.batch_size, self.transform = stimuli, batch_size, transform
+
+    def __len__(self) -> int:
+        return -(-len(self.stimuli) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.stimuli)
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            yield start, torch.stack([self.transform(self.stimuli.load(i)) for i in range(start, stop)])
+
+
+def _array_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
+    if t.ndim == 3:
+        t = t[:, None].expand(-1, 3, -1, -1)
+    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+        t = t.permute(0, 3, 1, 2)
+    if t.ndim != 4 or t.shape[1] not in (1, 3):
+        raise StimulusError(
+            f"Image array has shape {tuple(images.shape)}; expected (N, H, W), (N, H, W, 3) or (N, 3, H, W)."
+        )
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    if t.dtype == torch.uint8:
+        return t.float().div(255.0).contiguous()
+    t = t.float()
+    if not torch.isfinite(t).all():
+        raise StimulusError("Image array contains NaN or inf values.")
+    if t.min() < 0 or t.max() > 1:
+        raise StimulusError(
+            f"Float images must lie in [0, 1] (got range [{float(t.min()):.3g}, {float(t.max()):.3g}]); "
+            "pass uint8 images or divide by 255. Do not pass normalized images: the model's "
+            "preprocessing normalizes them."
+        )
+    return t.contiguous()
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except FileNotFoundError as err:
+        raise StimulusError(f"Image file {path} does not exist.") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise StimulusError(f"{path} is not a readable image file ({err}). Remove it or fix it.") from err
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    with _open(path) as im:
+        try:
+            rgb = np.asarray(im.convert("RGB"))
+        except OSError as err:
+            raise StimulusError(f"{path} is truncated or corrupt ({err}).") from err
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255.0)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise StimulusError(f"Folder {folder} contains no files; point to a folder of images.")
+    bad = [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise StimulusError(
+            f"Folder {folder} contains no image files (looked for {', '.join(IMAGE_EXTENSIONS)}); "
+            f"found e.g. {bad[0].name}."
+        )
+    if bad:
+        logger.info("ignoring %d non-image files in %s, e.g. %s", len(bad), folder, bad[0].name)
+    return images
+
+
+def _natural_key(path: Path) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path)))
+
+
+def _from_folder(folder: Path, mixed_sizes: MixedSizes) -> StimulusSet:
+    files = sorted(_image_files(folder), key=_natural_key)
+    parents = [p.parent.relative_to(folder) for p in files]
+    metadata = {}
+    if any(str(p) != "." for p in parents):
+        metadata["category"] = np.array([p.parts[0] if p.parts else "" for p in parents])
+    stim = StimulusSet(files, metadata=metadata, name=folder.name)
+    for path in files:
+        _open(path).close()
+    if mixed_sizes == "error":
+        stim.check_sizes()
+    return stim
+
+
+def _load_92images() -> StimulusSet:
+    import scipy.io
+
+    path = datasets.fetch("data/92images/Kriegeskorte_Neuron2008_supplementalData.mat")
+    mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+    structs = mat["stimuli_92objs"]
+    images = np.stack([s.image for s in structs]).astype(np.uint8)
+    metadata: dict[str, Sequence] = {
+        "category": [str(s.category) for s in structs],
+        **{flag: [int(getattr(s, flag)) for s in structs] for flag in ("human", "face", "animal", "natural")},
+    }
+    for label, column in zip(mat["categoryLabels"], np.asarray(mat["categoryVectors"]).T):
+        metadata[f"label_{label}"] = column.astype(int)
+    ids = [f"92img_{i:03d}" for i in range(len(structs))]
+    return StimulusSet(images, ids=ids, metadata=metadata, name="92images")
+
+
+FLOC_DOMAINS = {
+    "adult": "face",
+    "child": "face",
+    "corridor": "place",
+    "house": "place",
+    "car": "object",
+    "instrument": "object",
+}
+
+
+def _load_floc() -> StimulusSet:
+    root = datasets.fetch_dataset("floc")
+    files = sorted(_image_files(root / "stimuli"), key=_natural_key)
+    category = np.array([p.parent.name for p in files])
+    exemplar = np.array([int(p.stem.rsplit("-", 1)[1]) for p in files])
+    domain = np.array([FLOC_DOMAINS[c] for c in category])
+    return StimulusSet(
+        files,
+        ids=[f"{c}-{e}" for c, e in zip(category, exemplar)],
+        metadata={"category": category, "domain": domain, "exemplar": exemplar},
+        name="floc",
+    )
+
+
+_NAMED_SETS: dict[str, Callable[[], StimulusSet]] = {"92images": _load_92images, "floc": _load_floc}
+
+
+def list_stimulus_sets() -> list[str]:
+    """Return the names of the built-in stimulus sets."""
+    return list(_NAMED_SETS)
+
+
+def load_stimuli(
+    source: str | os.PathLike | Sequence[str | os.PathLike] | np.ndarray | torch.Tensor | StimulusSet,
+    *,
+    ids: Sequence[str] | None = None,
+    metadata: Mapping[str, Sequence] | None = None,
+    mixed_sizes: MixedSizes = "error",
+) -> StimulusSet:
+    """Load a stimulus set from a name, a folder, a list of files or an array.
+
+    Parameters
+    ----------
+    source : str, path, list of paths, array, tensor or StimulusSet
+        ``"92images"`` (Kriegeskorte et al. 2008; metadata: category, human, face,
+        animal, natural and the 12 ``label_*`` category vectors) or ``"floc"``
+        (fLoc faces/places/objects; metadata: category, domain, exemplar); a folder of
+        images (searched recursively, natural sort order; first-level subfolder names
+        become the ``category`` metadata); a list of image files; an image array.
+    ids, metadata : optional
+        Stimulus ids and per-stimulus metadata (not for named sets).
+    mixed_sizes : {"error", "allow"}
+        For folders: raise if images differ in size (default), or allow it and let the
+        model's preprocessing resize each image.
+
+    Returns
+    -------
+    StimulusSet
+
+    Raises
+    ------
+    StimulusError
+        Empty folder, no image files, an unreadable image (named), a bad array.
+    ShapeMismatchError
+        Images of different sizes with ``mixed_sizes="error"`` (both files named).
+    UnknownNameError
+        A string that is neither a named set nor an existing path.
+
+    Examples
+    --------
+    >>> stim = load_stimuli("92images")  # doctest: +SKIP
+    >>> stim.where(face=1)  # doctest: +SKIP
+    """
+    check_option("mixed_sizes policy", mixed_sizes, ("error", "allow"))
+    if isinstance(source, StimulusSet):
+        return source
+    if isinstance(source, str) and source in _NAMED_SETS:
+        if ids is not None or metadata is not None:
+            raise StimulusError(f"{source!r} is a named set with its own ids and metadata.")
+        return _NAMED_SETS[source]()
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            stim = _from_folder(path, mixed_sizes)
+            if ids is None and metadata is None:
+                return stim
+            return StimulusSet(stim.paths, ids=ids, metadata={**stim.metadata, **(metadata or {})}, name=stim.name)
+        if path.is_file():
+            source = [path]
+        else:
+            check_option("stimulus set or path", str(source), list(_NAMED_SETS))
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return StimulusSet(source, ids=ids, metadata=metadata, name="array")
+    files = [Path(p) for p in source]  # type: ignore[union-attr]
+    for p in files:
+        _open(p).close()
+    stim = StimulusSet(files, ids=ids, metadata=metadata, name="files")
+    if mixed_sizes == "error":
+        stim.check_sizes()
+    return stim

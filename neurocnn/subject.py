@@ -1,0 +1,442 @@
+"""VirtualSubject: a CNN with its weights, preprocessing and layer names.
+
+The subject answers "what does layer L do for these stimuli": one batched forward
+pass for all requested layers, stopped after the last of them, with hooks that are
+always removed and outputs that are cloned (so an in-place ReLU after a conv cannot
+overwrite the stored pre-ReLU values). Results are xarray objects with provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import io
+from ._validation import check_option, check_positive_int
+from .exceptions import UnknownNameError
+from .models import ModelSpec, Preprocessing, get_spec, load_model, spec_from_module
+from .stimuli import StimulusSet, load_stimuli
+
+__all__ = ["VirtualSubject", "version"]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.Tanh)
+_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
+_SPATIAL_DIMS = {2: ("unit",), 3: ("channel", "position"), 4: ("channel", "y", "x")}
+
+
+def version() -> str:
+    """Return the installed neurocnn version (``"0+unknown"`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("neurocnn")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every requested layer has been captured."""
+
+
+class VirtualSubject:
+    """A CNN treated as an experimental subject.
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module
+        A registered architecture (``neurocnn.models.list_models()``; default the
+        embedded ``"efficientnet_lite0"`` with real ImageNet weights) or any
+        ``nn.Module`` of the user's.
+    weights : {"pretrained"} or path or None
+        For registered architectures: the pretrained weights (found through the data
+        manifests), a state-dict file, or None for a seeded random initialization.
+        Ignored for a user module (its current weights are used).
+    preprocessing : Preprocessing, optional
+        Overrides the architecture's preprocessing (required in spirit for user modules;
+        default ImageNet resize 256 / crop 224 / mean-std).
+    device : str or torch.device
+        Where forward passes run (``"cpu"``, ``"cuda"``, ...).
+    seed : int
+        Seed of the random initialization when ``weights`` is None.
+    name : str, optional
+        Name of a user module (provenance).
+    aliases : mapping, optional
+        Extra layer aliases (alias -> dotted module name).
+    categories : sequence of str, optional
+        Class names of a user module's output.
+
+    Examples
+    --------
+    >>> subject = VirtualSubject("efficientnet_lite0")  # doctest: +SKIP
+    >>> acts = subject.activations("92images", ["stage4", "head"])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = "efficientnet_lite0",
+        *,
+        weights: str | os.PathLike | None = "pretrained",
+        preprocessing: Preprocessing | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        name: str | None = None,
+        aliases: dict[str, str] | None = None,
+        categories: Sequence[str] = (),
+    ) -> None:
+        if isinstance(model, nn.Module):
+            spec = spec_from_module(
+                model, name=name or type(model).__name__, preprocessing=preprocessing,
+                aliases=aliases, categories=tuple(categories),
+            )
+            self.model = model.eval()
+            self.weights_id = _state_dict_sha256(model)
+        else:
+            spec = get_spec(model)
+            overrides: dict[str, Any] = {}
+            if preprocessing is not None:
+                overrides["preprocessing"] = preprocessing
+            if aliases:
+                overrides["aliases"] = {**spec.aliases, **aliases}
+            spec = replace(spec, **overrides) if overrides else spec
+            self.model, self.weights_id = load_model(spec, weights, seed=seed)
+        self.spec: ModelSpec = spec
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._modules = dict(self.model.named_modules())
+        del self._modules[""]
+        for alias, target in spec.aliases.items():
+            if target not in self._modules:
+                raise UnknownNameError(f"Alias {alias!r} points to {target!r}, which is not a module of the model.")
+        self._call_counts: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ names
+    @property
+    def name(self) -> str:
+        """Architecture name."""
+        return self.spec.name
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing applied to every image."""
+        return self.spec.preprocessing
+
+    @property
+    def layers(self) -> list[str]:
+        """All layer (module) names, dotted as in torchvision, in registration order."""
+        return list(self._modules)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Alias -> dotted module name."""
+        return dict(self.spec.aliases)
+
+    @property
+    def default_layers(self) -> list[str]:
+        """The architecture's default analysis layers (aliases), or all leaf modules."""
+        if self.spec.default_layers:
+            return list(self.spec.default_layers)
+        return [n for n, m in self._modules.items() if not list(m.children())]
+
+    def resolve_layer(self, layer: str) -> str:
+        """Return the dotted module name of a layer given by alias or dotted name.
+
+        Raises
+        ------
+        UnknownNameError
+            If neither an alias nor a module name; lists valid names and the closest match.
+        """
+        if layer in self.spec.aliases:
+            return self.spec.aliases[layer]
+        if layer in self._modules:
+            return layer
+        return check_option("layer", layer, [*self.spec.aliases, *self._modules])
+
+    def alias_of(self, layer: str) -> str:
+        """Return the alias of a dotted layer name (``""`` if it has none)."""
+        dotted = self.resolve_layer(layer)
+        return next((a for a, d in self.spec.aliases.items() if d == dotted), "")
+
+    def module(self, layer: str) -> nn.Module:
+        """Return the ``nn.Module`` behind a layer name or alias."""
+        return self._modules[self.resolve_layer(layer)]
+
+    def relu_state(self, layer: str) -> str:
+        """Say whether a layer's output is ``"pre-activation"``, ``"post-activation"`` or ``"n/a"``."""
+        dotted = self.resolve_layer(layer)
+        module = self._modules[dotted]
+        if isinstance(module, _ACTIVATIONS) or dotted in self.spec.post_activation:
+            return "post-activation"
+        if isinstance(module, _LINEAR):
+            return "pre-activation"
+        return "n/a"
+
+    def provenance(self, layer: str) -> dict[str, str]:
+        """Return the provenance attrs of a layer's results."""
+        dotted = self.resolve_layer(layer)
+        return {
+            "model": self.name,
+            "weights_sha256": self.weights_id,
+            "layer": dotted,
+            "alias": self.alias_of(dotted),
+            "relu": self.relu_state(dotted),
+            "module_type": type(self._modules[dotted]).__name__,
+            "preprocessing": self.preprocessing.describe(),
+            "neurocnn_version": version(),
+        }
+
+    # --------------------------------------------------------------- forward
+    def preprocess(self, stimuli: Any, *, device: str | torch.device | None = None) -> torch.Tensor:
+        """Return preprocessed images (N, 3, H, W) of a stimulus set, array, folder or name."""
+        stim = load_stimuli(stimuli)
+        batch = torch.stack([self.preprocessing(stim.load(i)) for i in range(len(stim))])
+        return batch.to(device or self.device)
+
+    def _check_single_call(self, dotted: Sequence[str]) -> None:
+        if self._call_counts is None:
+            self._call_counts = self._count_calls()
+        for name in dotted:
+            count = self._call_counts.get(name, 0)
+            if count != 1:
+                parent = name.rsplit(".", 1)[0] if "." in name else "a container"
+                raise UnknownNameError(
+                    f"Layer {name!r} runs {count} times in one forward pass (a shared or unused "
+                    f"module), so its output is ambiguous. Request {parent!r} or another module "
+                    "that runs once."
+                )
+
+    def _count_calls(self) -> dict[str, int]:
+        counts = {name: 0 for name in self._modules}
+        size = _input_size(self.preprocessing)
+
+        def counter(name: str):
+            def hook(_m, _i, _o):
+                counts[name] += 1
+
+            return hook
+
+        handles = [m.register_forward_hook(counter(n)) for n, m in self._modules.items()]
+        try:
+            with torch.inference_mode():
+                self.model(torch.zeros(1, 3, size, size, device=self.device))
+        finally:
+            for h in handles:
+                h.remove()
+        return counts
+
+    def forward_layers(
+        self, images: torch.Tensor, layers: Sequence[str], *, grad: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Run preprocessed ``images`` through the network up to the last requested layer.
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            Preprocessed batch (N, 3, H, W) on the subject's device.
+        layers : sequence of str
+            Layer names or aliases.
+        grad : bool
+            Keep the autograd graph (for attribution and feature visualization).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Keyed by the names as requested; each a clone of that module's output.
+        """
+        dotted = [self.resolve_layer(layer) for layer in layers]
+        self._check_single_call(dotted)
+        wanted = dict(zip(dotted, layers))
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(name: str):
+            def hook(_module, _inputs, output):
+                captured[wanted[name]] = output.clone() if grad else output.detach().clone()
+                if len(captured) == len(wanted):
+                    raise _StopForward
+
+            return hook
+
+        handles = [self._modules[d].register_forward_hook(capture(d)) for d in wanted]
+        try:
+            with torch.set_grad_enabled(grad):
+                self.model(images)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return {layer: captured[layer] for layer in layers}
+
+    def activations(
+        self,
+        stimuli: Any,
+        layers: str | Sequence[str] | None = None,
+        *,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        store: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> xr.DataArray | dict[str, xr.DataArray]:
+        """Extract activations of one or more layers for a stimulus set.
+
+        Parameters
+        ----------
+        stimuli : StimulusSet, str, path, list of paths or array
+            Anything :func:`neurocnn.stimuli.load_stimuli` accepts (e.g. ``"92images"``).
+        layers : str or sequence of str, optional
+            Layer names or aliases; default :attr:`default_layers`.
+        batch_size : int
+            Images per forward pass.
+        device : str, optional
+            Device of this call (default: the subject's).
+        store : path, optional
+            A zarr directory: each layer streams there batch by batch (one group per
+            layer) and comes back lazily (dask-backed), so layers larger than memory work.
+        overwrite : bool
+            Allow replacing an existing ``store``.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        xarray.DataArray or dict of str to xarray.DataArray
+            One DataArray (a single layer given as str) or a dict keyed by the requested
+            names. Dims ``("stimulus", "channel", "y", "x")`` for conv maps,
+            ``("stimulus", "unit")`` for vectors; stimulus ids and metadata as coords;
+            provenance attrs (model, weights_sha256, layer, alias, relu, preprocessing,
+            stimulus_set, neurocnn_version).
+
+        Raises
+        ------
+        UnknownNameError
+            Unknown layer (closest match suggested).
+        OverwriteError
+            ``store`` exists and ``overwrite`` is False.
+        """
+        single = isinstance(layers, str)
+        names = [layers] if single else list(layers or self.default_layers)
+        if not names:
+            raise UnknownNameError("Give at least one layer.")
+        dotted = [self.resolve_layer(n) for n in names]
+        if len(set(dotted)) != len(dotted):
+            raise UnknownNameError(f"Layers {names} name the same module twice.")
+        check_positive_int("batch_size", batch_size)
+        stim = load_stimuli(stimuli)
+        run_device = torch.device(device) if device is not None else self.device
+        if store is not None:
+            store = Path(store)
+            io.check_writable(store, overwrite=overwrite)
+        self.model.to(run_device)
+        writers: dict[str, _LayerWriter] = {}
+        try:
+            batches = stim.batches(batch_size, self.preprocessing)
+            for start, batch in tqdm(batches, desc=f"{self.name} activations", disable=not progress):
+                with torch.inference_mode():
+                    outputs = self.forward_layers(batch.to(run_device), names)
+                for name, out in outputs.items():
+                    if name not in writers:
+                        writers[name] = _LayerWriter(self, stim, name, out.shape[1:], store)
+                    writers[name].write(start, out.float().cpu().numpy())
+        finally:
+            self.model.to(self.device)
+        result = {name: writers[name].result() for name in names}
+        return result[names[0]] if single else result
+
+    def classify(self, stimuli: Any, *, top_k: int = 5, batch_size: int = 32) -> xr.Dataset:
+        """Return the top-k classes and probabilities for each stimulus.
+
+        Returns
+        -------
+        xarray.Dataset
+            Variables ``class_index``, ``class_name``, ``probability`` with dims
+            (stimulus, rank).
+        """
+        check_positive_int("top_k", top_k)
+        stim = load_stimuli(stimuli)
+        probs, idx = [], []
+        for _, batch in stim.batches(batch_size, self.preprocessing):
+            with torch.inference_mode():
+                p = self.model(batch.to(self.device)).softmax(-1)
+            value, index = p.topk(top_k, dim=-1)
+            probs.append(value.cpu().numpy())
+            idx.append(index.cpu().numpy())
+        index = np.concatenate(idx)
+        cats = np.asarray(self.spec.categories or [str(i) for i in range(int(index.max()) + 1)])
+        return xr.Dataset(
+            {
+                "class_index": (("stimulus", "rank"), index),
+                "class_name": (("stimulus", "rank"), cats[index]),
+                "probability": (("stimulus", "rank"), np.concatenate(probs)),
+            },
+            coords={**stim.coords(), "rank": np.arange(1, top_k + 1)},
+            attrs={k: v for k, v in self.provenance(self.layers[-1]).items() if k not in ("layer", "alias", "relu", "module_type")},
+        )
+
+    def __repr__(self) -> str:
+        return f"<VirtualSubject {self.name!r} weights={self.weights_id[:12]} device={self.device}>"
+
+
+class _LayerWriter:
+    """Collects one layer's batches in memory or streams them to a zarr group."""
+
+    def __init__(self, subject: VirtualSubject, stim: StimulusSet, name: str, shape: torch.Size, store: Path | None):
+        if len(shape) + 1 not in _SPATIAL_DIMS:
+            raise UnknownNameError(f"Layer {name!r} has output shape {tuple(shape)}; not supported.")
+        self.dims = ("stimulus", *_SPATIAL_DIMS[len(shape) + 1])
+        self.coords = {**stim.coords(), **{d: np.arange(s) for d, s in zip(self.dims[1:], shape)}}
+        self.attrs = {**subject.provenance(name), "stimulus_set": stim.name, "requested_as": name}
+        self.store, self.group = store, name
+        self.n = len(stim)
+        self.buffer = None if store is not None else np.empty((self.n, *shape), dtype=np.float32)
+        self.stimulus_index = 0
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        stop = start + values.shape[0]
+        if self.buffer is not None:
+            self.buffer[start:stop] = values
+            return
+        coords = {k: (v[0], v[1][start:stop]) if isinstance(v, tuple) else v for k, v in self.coords.items()}
+        chunk = xr.DataArray(values, dims=self.dims, coords=coords, attrs=self.attrs, name="activation")
+        ds = chunk.to_dataset()
+        if start == 0:
+            encoding = {"activation": {"chunks": values.shape}}
+            ds.to_zarr(self.store, group=self.group, mode="w", encoding=encoding, consolidated=False, zarr_format=2)
+        else:
+            ds.to_zarr(self.store, group=self.group, append_dim="stimulus", consolidated=False, zarr_format=2)
+
+    def result(self) -> xr.DataArray:
+        if self.buffer is not None:
+            return xr.DataArray(self.buffer, dims=self.dims, coords=self.coords, attrs=self.attrs, name="activation")
+        return xr.open_zarr(self.store, group=self.group, consolidated=False)["activation"]
+
+
+def _input_size(preprocessing: Preprocessing) -> int:
+    """Side of the square input the preprocessing produces (224 if it keeps the size)."""
+    if preprocessing.crop is not None:
+        return preprocessing.crop
+    if isinstance(preprocessing.resize, tuple):
+        return preprocessing.resize[0]
+    return preprocessing.resize or 224
+
+
+def _state_dict_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
