@@ -307,18 +307,21 @@ def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: np.ndarray | None 
     xs = np.take_along_axis(np.broadcast_to(x, shape), ob, -1)
     ws = np.ones(shape) if w is None else np.take_along_axis(np.broadcast_to(w, shape), ob, -1)
     cs = np.cumsum(ws, -1)
+    out = np.empty(shape)
+    if not (xs[..., 1:] == xs[..., :-1]).any():  # no ties: copies of an entry tie only
+        np.put_along_axis(out, ob, cs - (ws - 1.0) / 2.0, -1)
+        return out
     new = np.ones(shape, bool)
     new[..., 1:] = xs[..., 1:] != xs[..., :-1]
     last = np.ones(shape, bool)
     last[..., :-1] = new[..., 1:]
     before = np.maximum.accumulate(np.where(new, cs - ws, -np.inf), -1)
     after = np.minimum.accumulate(np.where(last, cs, np.inf)[..., ::-1], -1)[..., ::-1]
-    out = np.empty(shape)
     np.put_along_axis(out, ob, (before + after + 1.0) / 2.0, -1)
     return out
 
 
-def _cmp_cosine(A, B, w=None, orders=(None, None)):
+def _cmp_cosine(A, B, w=None):
     Aw = A if w is None else A * w
     num = np.matmul(Aw, np.swapaxes(B, -1, -2))
     na = np.sqrt(np.einsum("...p,...p->...", Aw, A))
@@ -329,18 +332,22 @@ def _cmp_cosine(A, B, w=None, orders=(None, None)):
     return np.where(den > 0, out, 0.0)  # rsatoolbox: zero-norm vectors compare as 0
 
 
-def _cmp_pearson(A, B, w=None, orders=(None, None)):
+def _cmp_pearson(A, B, w=None):
     return _cmp_cosine(_wcenter(A, w), _wcenter(B, w), w)
 
 
-def _cmp_spearman(A, B, w=None, orders=(None, None)):
-    return _cmp_pearson(_wrank(A, w, orders[0]), _wrank(B, w, orders[1]), w)
+def _prep_none(x, w=None, order=None):
+    return x
 
 
-def _cmp_rho_a(A, B, w=None, orders=(None, None)):
-    ra = _wcenter(_wrank(A, w, orders[0]), w)
-    rb = _wcenter(_wrank(B, w, orders[1]), w)
-    n = _wcount(A[..., :1, :], w)[..., None]  # (S, 1, 1)
+def _prep_rank(x, w=None, order=None):
+    return _wrank(x, w, order)
+
+
+def _cmp_rho_a(ra, rb, w=None):
+    """rsatoolbox rho-a on (weighted) ranks: 12 * sum(ra_c * rb_c) / (n^3 - n)."""
+    ra, rb = _wcenter(ra, w), _wcenter(rb, w)
+    n = _wcount(ra[..., :1, :], w)[..., None]  # (S, 1, 1)
     return np.matmul(ra if w is None else ra * w, np.swapaxes(rb, -1, -2)) * 12.0 / (n**3 - n)
 
 
@@ -358,7 +365,7 @@ def _tie_pairs(x: np.ndarray) -> float:
     return float((counts * (counts - 1) // 2).sum())
 
 
-def _cmp_tau_a(A, B, w=None, orders=(None, None)):
+def _cmp_tau_a(A, B, w=None):
     """Kendall tau-a: sum of sign products over pairs of entries / number of pairs.
 
     Sign matrices are built in row chunks and contracted with a matmul, which counts
@@ -411,30 +418,33 @@ def _weights_unsupported(method: str) -> None:
     )
 
 
-def _cmp_cosine_cov(A, B, w=None, orders=(None, None)):
+def _cmp_cosine_cov(A, B, w=None):
     if w is not None:
         _weights_unsupported("cosine_cov")
     return _cmp_cosine(_double_centered(A), _double_centered(B))
 
 
-def _cmp_corr_cov(A, B, w=None, orders=(None, None)):
+def _cmp_corr_cov(A, B, w=None):
     if w is not None:
         _weights_unsupported("corr_cov")
     return _cmp_cosine_cov(_wcenter(A, None), _wcenter(B, None))
 
 
-_COMPARE: dict[str, Callable[..., np.ndarray]] = {
-    "spearman": _cmp_spearman,
-    "tau_a": _cmp_tau_a,
-    "rho_a": _cmp_rho_a,
-    "pearson": _cmp_pearson,
-    "corr": _cmp_pearson,
-    "cosine": _cmp_cosine,
-    "corr_cov": _cmp_corr_cov,
-    "cosine_cov": _cmp_cosine_cov,
+# method -> (preparation of each RDM, comparison of prepared RDMs). Preparations
+# (ranks) are computed once per RDM and reused by the bootstrap and noise ceilings.
+_COMPARE: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]] = {
+    "spearman": (_prep_rank, _cmp_pearson),
+    "tau_a": (_prep_none, _cmp_tau_a),
+    "rho_a": (_prep_rank, _cmp_rho_a),
+    "pearson": (_prep_none, _cmp_pearson),
+    "corr": (_prep_none, _cmp_pearson),
+    "cosine": (_prep_none, _cmp_cosine),
+    "corr_cov": (_prep_none, _cmp_corr_cov),
+    "cosine_cov": (_prep_none, _cmp_cosine_cov),
 }
 COMPARE_METHODS: tuple[str, ...] = tuple(_COMPARE)
 _RANK_METHODS = frozenset({"spearman", "rho_a", "tau_a"})
+_PREPARED_IS_RANK = frozenset({"spearman", "rho_a"})
 
 
 # Pooling for noise ceilings (rsatoolbox.util.inference_util.pool_rdm): transform each
@@ -468,30 +478,40 @@ def _orders(V: np.ndarray, method: str) -> np.ndarray | None:
     return np.argsort(V, axis=-1, kind="stable") if method in _RANK_METHODS else None
 
 
+def _prepare(V, method, w=None, order=None) -> np.ndarray:
+    return _COMPARE[method][0](V, w, order)
+
+
+def _compare_prepared(PA, PB, method, w=None) -> np.ndarray:
+    return _COMPARE[method][1](PA, PB, w)
+
+
 def _compare_batched(A, B, method, w=None, orders=(None, None)) -> np.ndarray:
-    return _COMPARE[method](A, B, w, orders)
+    return _compare_prepared(_prepare(A, method, w, orders[0]), _prepare(B, method, w, orders[1]), method, w)
 
 
-def _noise_ceiling_core(V, method, w=None, c=None, order=None) -> tuple[np.ndarray, np.ndarray]:
+def _noise_ceiling_core(V, method, w=None, c=None, order=None, PV=None) -> tuple[np.ndarray, np.ndarray]:
     """Lower/upper noise ceiling, batched over samples.
 
-    V (1, k, P) subject RDMs; w (S, 1, P) pair weights; c (S, k) subject multiplicities.
-    Returns lower, upper of shape (S,), NaN where the lower bound is undefined.
+    V (1, k, P) subject RDMs; w (S, 1, P) pair weights; c (S, k) subject multiplicities;
+    PV: V already prepared for ``method`` with ``w``. Returns lower, upper of shape (S,),
+    lower NaN where fewer than 2 distinct subjects are present.
     """
     k = V.shape[-2]
     c = np.ones((1, k)) if c is None else c
-    T = _POOL[method](V, w, order)  # (S|1, k, P)
-    total = np.einsum("sk,skp->sp", c, np.broadcast_to(T, (max(T.shape[0], c.shape[0]),) + T.shape[1:]))
+    PV = _prepare(V, method, w, order) if PV is None else PV
+    T = PV if method in _PREPARED_IS_RANK else _POOL[method](V, w, order)  # (S|1, k, P)
+    S = max(T.shape[0], c.shape[0])
+    total = np.einsum("sk,skp->sp", c, np.broadcast_to(T, (S,) + T.shape[1:]))
     C = c.sum(1)
     upper_pool = (total / C[:, None])[:, None, :]
     rest = C[:, None] - c  # (S, k)
     with np.errstate(divide="ignore", invalid="ignore"):
         loo = (total[:, None, :] - c[..., None] * T) / rest[..., None]  # (S, k, P)
-    present = c > 0
     loo = np.where((rest > 0)[..., None], loo, 0.0)
-    upper = _compare_batched(upper_pool, V, method, w, (None, order))[:, 0, :]  # (S, k)
-    lower_all = _compare_batched(loo, V, method, w, (None, order))  # (S, k, k)
-    lower_k = np.diagonal(lower_all, axis1=1, axis2=2)
+    upper = _compare_prepared(_prepare(upper_pool, method, w), PV, method, w)[:, 0, :]  # (S, k)
+    lower_k = np.diagonal(_compare_prepared(_prepare(loo, method, w), PV, method, w), axis1=1, axis2=2)
+    present = c > 0
     n_present = present.sum(1)
     upper = (upper * present).sum(1) / n_present
     lower = (lower_k * present).sum(1) / n_present
@@ -1087,10 +1107,11 @@ def bootstrap_rdm_comparison(
     n, k, L = sm.n, V.shape[1], M.shape[1]
 
     def evaluate(w, c):
-        sims = _compare_batched(M, V, method, w, (om, ov))  # (S, L, k)
+        PV = _prepare(V, method, w, ov)
+        sims = _compare_prepared(_prepare(M, method, w, om), PV, method, w)  # (S, L, k)
         cc = np.ones((1, k)) if c is None else c
         evals = np.einsum("slk,sk->sl", sims, cc) / cc.sum(1)[:, None]
-        lower, upper = _noise_ceiling_core(V, method, w, c, ov)
+        lower, upper = _noise_ceiling_core(V, method, w, c, ov, PV)
         return evals, lower, upper
 
     observed, lo0, up0 = evaluate(None, None)
@@ -1150,3 +1171,442 @@ def _bootstrap_dataset(sm, observed, evals, nc0, nc, ci, attrs) -> xr.Dataset:
         attrs={**attrs, "neurocnn_version": _version()},
     )
     return ds
+
+
+# ------------------------------------------------------------------------------ MEG
+def _meg_stack(meg_rdms: Any, times: Any) -> tuple[_Stack, np.ndarray, int]:
+    """MEG RDMs -> stack of (subject x time) RDMs, times, number of subjects (0 = none)."""
+    if isinstance(meg_rdms, xr.DataArray):
+        if "time" not in meg_rdms.dims or "stimulus" not in meg_rdms.dims:
+            raise ShapeMismatchError(
+                f"MEG RDMs need dims ('stimulus', 'stimulus2', 'time'[, 'subject']), got "
+                f"{meg_rdms.dims}."
+            )
+        extra = [d for d in meg_rdms.dims if d not in ("stimulus", "stimulus2", "time", "subject")]
+        if extra:
+            raise ShapeMismatchError(f"MEG RDMs have unexpected dims {extra}.")
+        has_subject = "subject" in meg_rdms.dims
+        lead = (["subject"] if has_subject else []) + ["time"]
+        da = meg_rdms.transpose(*lead, "stimulus", "stimulus2")
+        t = np.asarray(da["time"].values) if "time" in da.coords else np.arange(da.sizes["time"])
+        n_subj = da.sizes["subject"] if has_subject else 0
+        st = _stack_dataarray(da.drop_vars([c for c in ("time", "subject") if c in da.coords]), "meg_rdms")
+        return st, t, n_subj
+    arr = np.asarray(meg_rdms, dtype=np.float64)
+    if arr.ndim not in (3, 4) or arr.shape[-3] != arr.shape[-2]:
+        raise ShapeMismatchError(
+            f"MEG RDMs must be (stimulus, stimulus, time) or (subject, stimulus, stimulus, "
+            f"time), got shape {arr.shape}."
+        )
+    n_t = arr.shape[-1]
+    t = np.arange(n_t) if times is None else np.asarray(times)
+    if len(t) != n_t:
+        raise ShapeMismatchError(f"{len(t)} times for {n_t} MEG time points.")
+    n_subj = arr.shape[0] if arr.ndim == 4 else 0
+    mats = np.moveaxis(arr, -1, -3).reshape(-1, arr.shape[-2], arr.shape[-2])
+    return _Stack(_from_square(mats, "meg_rdms"), arr.shape[-2], None, _STACK), t, n_subj
+
+
+def meg_layer_time_correlation(
+    layer_rdms: Any,
+    meg_rdms: Any,
+    method: CompareMethod = "spearman",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    *,
+    times: Sequence[float] | np.ndarray | None = None,
+    over: Literal["stimuli", "subjects", "both"] | None = None,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Correlate layer RDMs with time-resolved MEG RDMs (Cichy et al. 2016).
+
+    Parameters
+    ----------
+    layer_rdms : dict, xr.DataArray, ndarray or rsatoolbox.rdm.RDMs
+        Layer RDMs (stack dim becomes ``layer``).
+    meg_rdms : xr.DataArray or ndarray
+        DataArray with dims ``stimulus, stimulus2, time`` and optionally ``subject``,
+        or an array ``(n, n, T)`` / ``(n_subjects, n, n, T)`` with ``times``.
+    method : str
+        Comparison method, see :func:`compare_rdms`.
+    n_bootstrap : int
+        Number of bootstrap samples.
+    seed : int
+        Seed of the bootstrap.
+    ci : float
+        Coverage of the percentile confidence intervals.
+    times : array-like, optional
+        Time of each MEG sample for array input (default: sample index).
+    over : {"stimuli", "subjects", "both"}, optional
+        What the bootstrap resamples; default subjects if there is a subject dim, else
+        stimuli.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    xr.Dataset
+        ``correlation`` (layer, time): mean over subjects of the comparison;
+        ``ci_lower``/``ci_upper`` (layer, time); ``peak_latency`` (layer) with
+        ``peak_latency_ci_lower``/``_ci_upper`` and ``peak_latency_samples`` (layer,
+        sample); attrs method, over, seed, n_bootstrap, ci.
+
+    Raises
+    ------
+    ShapeMismatchError
+        Wrong dims/shapes or different stimuli.
+    """
+    check_option("method", method, COMPARE_METHODS)
+    n_bootstrap = check_positive_int("n_bootstrap", n_bootstrap)
+    ci = check_fraction("ci", ci)
+    sm = _as_stack(layer_rdms, "layer_rdms")
+    st, t, n_subj = _meg_stack(meg_rdms, times)
+    over = over or ("subjects" if n_subj else "stimuli")
+    check_option("over", over, _OVER)
+    if over != "stimuli" and not n_subj:
+        raise ShapeMismatchError(f"over={over!r} needs a 'subject' dim in the MEG RDMs.")
+    if method.endswith("_cov") and over != "subjects":
+        _weights_unsupported(method)
+    M, V = sm.vectors[None], _align(sm, st)[None]
+    om, ov = _orders(M, method), _orders(V, method)
+    L, n_t, k = M.shape[1], len(t), max(n_subj, 1)
+
+    def curves(w, c):
+        sims = _compare_batched(M, V, method, w, (om, ov)).reshape(-1, L, k, n_t)
+        cc = np.ones((1, k)) if c is None else c
+        return np.einsum("slkt,sk->slt", sims, cc) / cc.sum(1)[:, None, None]
+
+    observed = curves(None, None)[0]
+    samples = _draw(np.random.default_rng(seed), n_bootstrap, sm.n, k, over)
+    boot = np.full((n_bootstrap, L, n_t), np.nan)
+    for sl in _chunks(n_bootstrap, _samples_per_chunk(L + k * n_t, M.shape[-1]), progress, "MEG bootstrap"):
+        c = None if samples.subj is None else samples.subj[sl].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot[sl] = curves(samples.pair_weights(sl, sm.n), c)
+    valid = samples.valid()
+    boot[~valid] = np.nan
+    lo, hi = _percentile_ci(boot, ci, axis=0)
+    peaks = t[np.argmax(np.where(np.isfinite(boot), boot, -np.inf), axis=2)].astype(np.float64)
+    peaks[~valid] = np.nan
+    plo, phi = _percentile_ci(peaks, ci, axis=0)
+    layers = _layer_names(sm, L)
+    return xr.Dataset(
+        {
+            "correlation": (("layer", "time"), observed),
+            "ci_lower": (("layer", "time"), lo),
+            "ci_upper": (("layer", "time"), hi),
+            "peak_latency": ("layer", t[np.argmax(observed, axis=1)].astype(np.float64)),
+            "peak_latency_ci_lower": ("layer", plo),
+            "peak_latency_ci_upper": ("layer", phi),
+            "peak_latency_samples": (("layer", "sample"), peaks.T),
+        },
+        coords={"layer": layers, "time": t, "sample": np.arange(n_bootstrap)},
+        attrs={"method": method, "over": over, "seed": int(seed), "n_bootstrap": int(n_bootstrap),
+               "n_valid": int(valid.sum()), "ci": ci, "neurocnn_version": _version()},
+    )
+
+
+# -------------------------------------------------------------------------- loaders
+_IDS_92 = np.array([f"92img_{i:03d}" for i in range(92)])
+
+
+def _fetch(key: str) -> pathlib.Path:
+    from . import datasets
+
+    return datasets.fetch(key)
+
+
+def _loadmat(path: pathlib.Path) -> dict[str, Any]:
+    return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+
+
+def _square(rdm: Any) -> np.ndarray:
+    rdm = np.asarray(rdm, dtype=np.float64)
+    if rdm.ndim == 1:
+        n = _n_from_pairs(rdm.size, "RDM")
+        return _to_square(rdm[None], n)[0]
+    return rdm
+
+
+def _rdm_array(mats: np.ndarray, ids: np.ndarray, coords: dict[str, Any], attrs: dict[str, Any]) -> xr.DataArray:
+    _from_square(mats, "RDMs", ids)  # validates finiteness and symmetry
+    return xr.DataArray(
+        mats, dims=(_STACK, "stimulus", "stimulus2"),
+        coords={"stimulus": ids, "stimulus2": ids.copy(), **coords}, attrs=_clean_attrs(attrs),
+    )
+
+
+def load_92images_brain_rdms() -> xr.DataArray:
+    """Human IT fMRI RDMs of the 92-object set (4 subjects x 2 sessions).
+
+    Kriegeskorte et al. (2008), as shipped with rsatoolbox (``92_brainRDMs.mat``), read
+    through :func:`neurocnn.datasets.fetch` (sha256 verified).
+
+    Returns
+    -------
+    xr.DataArray
+        Dims ``("rdm", "stimulus", "stimulus2")`` with 8 RDMs in the .mat's order
+        (subject-major: subject 1 session 1, subject 1 session 2, ...); coords
+        ``subject`` (str), ``session`` (int) and ``name`` on ``rdm``; stimulus ids
+        ``"92img_000"`` ... ``"92img_091"``. A flat ``rdm`` dim keeps the result a
+        plain stack for :func:`compare_rdms`; per-subject averages are
+        ``rdms.groupby("subject").mean()``.
+
+    Raises
+    ------
+    MissingFileError, IntegrityError
+        From :func:`neurocnn.datasets.fetch`.
+    """
+    structs = _loadmat(_fetch("data/92images/92_brainRDMs.mat"))["RDMs"]  # (subject, session)
+    mats, names, subjects, sessions = [], [], [], []
+    for i_subj in range(structs.shape[0]):
+        for i_sess in range(structs.shape[1]):
+            s = structs[i_subj, i_sess]
+            mats.append(_square(s.RDM))
+            names.append(str(s.name))
+            parts = [p.strip() for p in str(s.name).split("|")]
+            subjects.append(parts[1] if len(parts) > 1 else str(i_subj + 1))
+            sessions.append(i_sess + 1)
+    return _rdm_array(
+        np.stack(mats), _IDS_92,
+        {"subject": (_STACK, np.array(subjects)), "session": (_STACK, np.array(sessions)),
+         "name": (_STACK, np.array(names))},
+        {"source": "data/92images/92_brainRDMs.mat", "region": "human IT",
+         "reference": "Kriegeskorte et al. 2008, Neuron"},
+    )
+
+
+def load_92images_reference_rdms() -> xr.DataArray:
+    """Group RDMs of the 92-object set: monkey IT, human IT and the 8 model RDMs.
+
+    Returns
+    -------
+    xr.DataArray
+        Dims ``("rdm", "stimulus", "stimulus2")``: first the two ``RDMs_mIT_hIT_fig1``
+        of ``Kriegeskorte_Neuron2008_supplementalData.mat`` (monkey IT, 674 neurons;
+        human IT group), then the 8 RDMs of ``92_modelRDMs.mat`` (animacy,
+        FaceBodyManmadeNatobj, monkeyIT, EVA, HMAX, V1, Silhouette, RADON). Coords
+        ``rdm`` (names) and ``source`` (``"brain"``/``"model"``).
+    """
+    sup = _loadmat(_fetch("data/92images/Kriegeskorte_Neuron2008_supplementalData.mat"))
+    models = _loadmat(_fetch("data/92images/92_modelRDMs.mat"))["Models"]
+    entries = [(str(s.name), _square(s.RDM), "brain") for s in np.atleast_1d(sup["RDMs_mIT_hIT_fig1"])]
+    entries += [(str(s.name), _square(s.RDM), "model") for s in np.atleast_1d(models)]
+    return _rdm_array(
+        np.stack([e[1] for e in entries]), _IDS_92,
+        {_STACK: np.array([e[0] for e in entries]), "source": (_STACK, np.array([e[2] for e in entries]))},
+        {"reference": "Kriegeskorte et al. 2008, Neuron"},
+    )
+
+
+def _mat_arrays(m: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Numeric arrays of a loadmat dict; struct arrays with an RDM field are stacked."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in m.items():
+        if key.startswith("__"):
+            continue
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            flat = [v for v in arr.ravel() if hasattr(v, "RDM")]
+            if flat and len(flat) == arr.size:
+                out[key] = np.stack([_square(v.RDM) for v in flat])
+        elif arr.dtype.kind in "fiu":
+            out[key] = arr.astype(np.float64)
+    return out
+
+
+def _read_array(path: pathlib.Path, variable: str | None, what: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    if not path.exists():
+        raise MissingFileError(f"{what} file {str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False), {}
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    elif suffix == ".mat":
+        arrays = _mat_arrays(_loadmat(path))
+    else:
+        raise ShapeMismatchError(f"{what}: unsupported file type {suffix!r}; use .mat, .npy or .npz.")
+    if variable is not None:
+        check_option("variable", variable, list(arrays))
+        return arrays[variable], arrays
+    big = {k: v for k, v in arrays.items() if v.ndim >= 2}
+    if len(big) != 1:
+        raise ShapeMismatchError(
+            f"{what}: {str(path)!r} holds {len(big)} candidate arrays {sorted(big)}; choose one "
+            "with variable=."
+        )
+    return next(iter(big.values())), arrays
+
+
+def load_rdms(
+    path: str | pathlib.Path,
+    *,
+    variable: str | None = None,
+    stimulus_ids: Sequence[str] | None = None,
+) -> xr.DataArray:
+    """Load an RDM or a stack of RDMs from a .mat, .npy or .npz file.
+
+    Parameters
+    ----------
+    path : str or Path
+        File with an ``(n, n)`` or ``(k, n, n)`` array (a .mat struct array with an
+        ``RDM`` field, as rsatoolbox/RSA-toolbox MATLAB files have, also works).
+    variable : str, optional
+        Variable name in a .mat/.npz file holding several arrays.
+    stimulus_ids : sequence of str, optional
+        Stimulus ids (default ``"0"``, ``"1"``, ...).
+
+    Returns
+    -------
+    xr.DataArray
+        Dims ``("rdm", "stimulus", "stimulus2")``.
+
+    Raises
+    ------
+    MissingFileError
+        The file does not exist.
+    ShapeMismatchError
+        Not square, ambiguous variables, wrong number of ids.
+    InvalidDataError
+        NaN/inf or non-symmetric matrices.
+    """
+    path = pathlib.Path(path)
+    arr, _ = _read_array(path, variable, "load_rdms")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[-1] != arr.shape[-2]:
+        raise ShapeMismatchError(
+            f"load_rdms: {str(path)!r} holds an array of shape {arr.shape}; expected (n, n) "
+            "or (k, n, n)."
+        )
+    n = arr.shape[-1]
+    ids = np.array([str(i) for i in range(n)]) if stimulus_ids is None else np.asarray(stimulus_ids).astype(str)
+    if len(ids) != n:
+        raise ShapeMismatchError(f"load_rdms: {len(ids)} stimulus ids for {n} stimuli.")
+    return _rdm_array(arr.astype(np.float64), ids, {}, {"source": str(path)})
+
+
+def load_meg_rdms(
+    path: str | pathlib.Path,
+    times: Sequence[float] | np.ndarray | None = None,
+    *,
+    variable: str | None = None,
+    stimulus_ids: Sequence[str] | None = None,
+) -> xr.DataArray:
+    """Load time-resolved MEG RDMs from a .mat, .npy or .npz file.
+
+    Parameters
+    ----------
+    path : str or Path
+        File with an array ``(n, n, T)`` or ``(n_subjects, n, n, T)``.
+    times : array-like, optional
+        Time of each sample (e.g. seconds); default a ``times`` variable of the file if
+        present, else the sample index.
+    variable : str, optional
+        Variable holding the RDMs when the file has several arrays.
+    stimulus_ids : sequence of str, optional
+        Stimulus ids (default ``"0"``, ``"1"``, ...).
+
+    Returns
+    -------
+    xr.DataArray
+        Dims ``([subject,] stimulus, stimulus2, time)``.
+
+    Raises
+    ------
+    MissingFileError, ShapeMismatchError, InvalidDataError
+        Missing file, wrong shapes, NaN or asymmetric RDMs.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise MissingFileError(f"load_meg_rdms: file {str(path)!r} does not exist.")
+    if variable is None and path.suffix.lower() in (".mat", ".npz"):
+        all_arrays = _mat_arrays(_loadmat(path)) if path.suffix.lower() == ".mat" else dict(np.load(path))
+        cands = [k for k, v in all_arrays.items() if v.ndim in (3, 4)]
+        if len(cands) != 1:
+            raise ShapeMismatchError(
+                f"load_meg_rdms: {str(path)!r} holds {len(cands)} 3-D/4-D arrays {cands}; "
+                "choose one with variable=."
+            )
+        arr = all_arrays[cands[0]]
+        if times is None and "times" in all_arrays:
+            times = np.ravel(all_arrays["times"])
+    else:
+        arr, _ = _read_array(path, variable, "load_meg_rdms")
+    st, t, n_subj = _meg_stack(arr, times)
+    n = st.n
+    ids = np.array([str(i) for i in range(n)]) if stimulus_ids is None else np.asarray(stimulus_ids).astype(str)
+    if len(ids) != n:
+        raise ShapeMismatchError(f"load_meg_rdms: {len(ids)} stimulus ids for {n} stimuli.")
+    dims = (("subject",) if n_subj else ()) + ("stimulus", "stimulus2", "time")
+    coords: dict[str, Any] = {"stimulus": ids, "stimulus2": ids.copy(), "time": t}
+    if n_subj:
+        coords["subject"] = np.arange(n_subj)
+    return xr.DataArray(np.asarray(arr, dtype=np.float64), dims=dims, coords=coords,
+                        attrs={"source": str(path)})
+
+
+# ---------------------------------------------------------------------- rsatoolbox
+def to_rsatoolbox(rdms: Any) -> Any:
+    """Convert RDMs to ``rsatoolbox.rdm.RDMs``.
+
+    Parameters
+    ----------
+    rdms : xr.DataArray, ndarray or dict
+        One RDM or a stack (see :func:`compare_rdms`).
+
+    Returns
+    -------
+    rsatoolbox.rdm.RDMs
+        ``dissimilarity_measure`` from attrs ``metric``; ``descriptors`` = attrs (plus
+        ``neurocnn_stack_dim``); ``pattern_descriptors`` ``stimulus`` (ids) and the
+        metadata coords; ``rdm_descriptors`` the stack coords.
+    """
+    from rsatoolbox.rdm import RDMs
+
+    st = _as_stack(rdms, "rdms")
+    descriptors = dict(_clean_attrs(st.attrs))
+    descriptors["neurocnn_stack_dim"] = st.dim or ""
+    pattern = {"stimulus": list(st.ids if st.ids is not None else [str(i) for i in range(st.n)])}
+    pattern.update({k: list(v) for k, v in st.pattern_coords.items()})
+    rdm_desc = {k: list(v) for k, v in st.coords.items()}
+    return RDMs(st.vectors.copy(), dissimilarity_measure=descriptors.get("metric"),
+                descriptors=descriptors, rdm_descriptors=rdm_desc, pattern_descriptors=pattern)
+
+
+def from_rsatoolbox(rdms: Any) -> xr.DataArray:
+    """Convert ``rsatoolbox.rdm.RDMs`` to an RDM DataArray (inverse of :func:`to_rsatoolbox`).
+
+    Parameters
+    ----------
+    rdms : rsatoolbox.rdm.RDMs
+
+    Returns
+    -------
+    xr.DataArray
+        Dims ``(stack, "stimulus", "stimulus2")`` where ``stack`` is the dim recorded
+        by :func:`to_rsatoolbox` (default ``"rdm"``; a single RDM converted from a 2-D
+        DataArray comes back 2-D). Stimulus ids from the ``stimulus`` pattern
+        descriptor (else ``index``); other pattern/rdm descriptors become coords;
+        scalar descriptors and ``dissimilarity_measure`` (as ``metric``) become attrs.
+    """
+    vectors = np.asarray(rdms.get_vectors(), dtype=np.float64)
+    pdesc = dict(rdms.pattern_descriptors)
+    ids_src = pdesc.get("stimulus", pdesc.get("index", range(rdms.n_cond)))
+    ids = np.asarray([str(i) for i in ids_src])
+    attrs = _clean_attrs(rdms.descriptors)
+    stack_dim = str(attrs.pop("neurocnn_stack_dim", _STACK))
+    if rdms.dissimilarity_measure is not None:
+        attrs["metric"] = str(rdms.dissimilarity_measure)
+    pattern_coords = {k: np.asarray(v) for k, v in pdesc.items() if k not in ("stimulus", "index")}
+    if stack_dim == "" and vectors.shape[0] == 1:
+        st = _Stack(vectors, rdms.n_cond, ids, None, {}, attrs, pattern_coords)
+    else:
+        stack_dim = stack_dim or _STACK
+        coords = {k: np.asarray(v) for k, v in rdms.rdm_descriptors.items()
+                  if k != "index" or stack_dim == "index"}
+        st = _Stack(vectors, rdms.n_cond, ids, stack_dim, coords, attrs, pattern_coords)
+    return _stack_to_dataarray(st)
