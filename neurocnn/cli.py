@@ -1,0 +1,101 @@
+"""Command-line interface: ``neurocnn <command> ...``.
+
+Each command is one function registered in ``_COMMANDS`` with its own argument
+parser; ``neurocnn <command> --help`` documents it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import get_spec, list_models
+
+    for name in list_models():
+        spec = get_spec(name)
+        sys.stdout.write(f"{name:20s} {spec.description}\n")
+    return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from .models import get_spec, load_model
+
+    spec = get_spec(args.model)
+    model, _ = load_model(spec, weights=None)
+    by_target = {target: alias for alias, target in spec.aliases.items()}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        alias = by_target.get(name, "")
+        default = "*" if alias in spec.default_layers else " "
+        sys.stdout.write(f"{default} {name:32s} {alias:12s} {type(module).__name__}\n")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .subject import VirtualSubject
+
+    subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
+    layers = args.layers or None
+    subject.activations(
+        args.stimuli, layers, batch_size=args.batch_size, store=args.out,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    sys.stdout.write(f"wrote {args.out}\n")
+    return 0
+
+
+def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "efficientnet_lite0") -> None:
+    parser.add_argument("--model", default=default_model, help="architecture (see `neurocnn models`)")
+    parser.add_argument("--weights", default="pretrained", help="state-dict file (default: registered weights)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurocnn", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list registered architectures")
+
+    p = sub.add_parser("layers", help="list a model's layers (dotted name, alias, type; * = default)")
+    p.add_argument("model")
+
+    p = sub.add_parser("extract", help="extract activations to a zarr store")
+    _add_subject_args(p)
+    p.add_argument("--stimuli", required=True, help="92images, floc, a folder or an image file")
+    p.add_argument("--layers", nargs="*", help="layer names or aliases (default: the model's default layers)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", type=Path, required=True, help="output .zarr directory")
+    return parser
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "models": _cmd_models,
+    "layers": _cmd_layers,
+    "extract": _cmd_extract,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``neurocnn`` command line; returns the exit status."""
+    from .exceptions import NeurocnnError
+
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except NeurocnnError as err:
+        sys.stderr.write(f"neurocnn {args.command}: error: {err}\n")
+        return 2
