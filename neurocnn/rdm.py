@@ -281,7 +281,14 @@ def _align(a: _Stack, b: _Stack) -> np.ndarray:
 # Every comparison works on batched condensed vectors A (S|1, ka, P), B (S|1, kb, P)
 # with optional pair weights w (S, 1, P) (bootstrap multiplicities) -> (S, ka, kb).
 def _wsum(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    return x.sum(-1) if w is None else (x * w).sum(-1)
+    """Weighted sum over the last axis: x (S|1, k, P), w (S, 1, P) -> (S, k)."""
+    if w is None:
+        return x.sum(-1)
+    wt = torch.from_numpy(np.ascontiguousarray(w[:, 0, :]))
+    if x.ndim == 3 and x.shape[0] == 1:
+        return (wt @ torch.from_numpy(np.ascontiguousarray(x[0])).T).numpy()
+    xt = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(x, np.broadcast_shapes(x.shape, w.shape))))
+    return torch.bmm(xt, wt[:, :, None].expand(xt.shape[0], -1, 1))[..., 0].numpy()
 
 
 def _wcount(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
@@ -294,31 +301,67 @@ def _wcenter(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     return x - (_wsum(x, w) / _wcount(x, w))[..., None]
 
 
-def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: np.ndarray | None = None) -> np.ndarray:
+@dataclass
+class _RankPlan:
+    """Sort order and tie groups of fixed vectors (k, P), so that weighted ranks for
+    any weights need no sorting: rank = (weight before the group) + (group weight + 1) / 2."""
+
+    order: np.ndarray  # (k, P) argsort
+    group: np.ndarray  # (k, P) group index of each entry, offset by row (k*G flat)
+    starts: np.ndarray  # flat start positions of groups in the sorted (k*P) layout
+
+    @classmethod
+    def of(cls, V: np.ndarray) -> _RankPlan:
+        V2 = V.reshape(-1, V.shape[-1])
+        order = np.argsort(V2, axis=-1, kind="stable")
+        xs = np.take_along_axis(V2, order, -1)
+        new = np.ones(xs.shape, bool)
+        new[:, 1:] = xs[:, 1:] != xs[:, :-1]
+        gid_sorted = np.cumsum(new.ravel()) - 1  # global group ids over rows
+        group = np.empty(V2.shape, np.int64)
+        np.put_along_axis(group, order, gid_sorted.reshape(V2.shape), -1)
+        return cls(order, group, np.flatnonzero(new.ravel()))
+
+    def ranks(self, w: np.ndarray | None) -> np.ndarray:
+        k, P = self.order.shape
+        if w is None:
+            w = np.ones((1, 1, P))
+        ws = w[:, 0, :][:, self.order].reshape(w.shape[0], k * P)  # (S, k*P) sorted
+        Wg = np.add.reduceat(ws, self.starts, axis=1)  # (S, G)
+        cum = np.cumsum(Wg.reshape(w.shape[0], -1), axis=1)
+        row_start = np.searchsorted(self.starts, np.arange(k) * P)  # first group per row
+        base = np.concatenate([np.zeros((w.shape[0], 1)), cum], axis=1)[:, row_start]
+        R = cum - (Wg - 1.0) / 2.0 - np.repeat(base, np.diff(np.r_[row_start, len(self.starts)]), axis=1)
+        return R[:, self.group]  # (S, k, P)
+
+
+def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: Any = None) -> np.ndarray:
     """Average ranks of x along the last axis, each entry counted w times.
 
     Equals ``scipy.stats.rankdata`` of the vector in which entry p is repeated w_p times
-    (a zero weight removes the entry), evaluated at the entries' positions.
+    (a zero weight removes the entry), evaluated at the entries' positions. ``order``
+    may be a :class:`_RankPlan` of x (fixed vectors: no sorting).
     """
-    if order is None:
-        order = np.argsort(x, axis=-1, kind="stable")
-    shape = np.broadcast_shapes(x.shape, order.shape, x.shape if w is None else w.shape)
-    ob = np.broadcast_to(order, shape)
-    xs = np.take_along_axis(np.broadcast_to(x, shape), ob, -1)
-    ws = np.ones(shape) if w is None else np.take_along_axis(np.broadcast_to(w, shape), ob, -1)
-    cs = np.cumsum(ws, -1)
-    out = np.empty(shape)
-    if not (xs[..., 1:] == xs[..., :-1]).any():  # no ties: copies of an entry tie only
-        np.put_along_axis(out, ob, cs - (ws - 1.0) / 2.0, -1)
-        return out
-    new = np.ones(shape, bool)
+    if isinstance(order, _RankPlan):
+        return order.ranks(w)
+    shape = np.broadcast_shapes(x.shape, x.shape if w is None else w.shape)
+    xt = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(x, shape)))
+    xs, ob = torch.sort(xt, dim=-1, stable=True)
+    if w is None:
+        ws = torch.ones(shape, dtype=torch.float64)
+    else:
+        ws = torch.gather(torch.from_numpy(np.ascontiguousarray(np.broadcast_to(w, shape))), -1, ob)
+    cs = torch.cumsum(ws, -1)
+    out = torch.empty(shape, dtype=torch.float64)
+    if not bool((xs[..., 1:] == xs[..., :-1]).any()):  # no ties: copies of an entry tie only
+        return out.scatter_(-1, ob, cs - (ws - 1.0) / 2.0).numpy()
+    new = torch.ones(shape, dtype=torch.bool)
     new[..., 1:] = xs[..., 1:] != xs[..., :-1]
-    last = np.ones(shape, bool)
+    last = torch.ones(shape, dtype=torch.bool)
     last[..., :-1] = new[..., 1:]
-    before = np.maximum.accumulate(np.where(new, cs - ws, -np.inf), -1)
-    after = np.minimum.accumulate(np.where(last, cs, np.inf)[..., ::-1], -1)[..., ::-1]
-    np.put_along_axis(out, ob, (before + after + 1.0) / 2.0, -1)
-    return out
+    before = torch.cummax(torch.where(new, cs - ws, -torch.inf), -1).values
+    after = torch.flip(torch.cummin(torch.flip(torch.where(last, cs, torch.inf), (-1,)), -1).values, (-1,))
+    return out.scatter_(-1, ob, (before + after + 1.0) / 2.0).numpy()
 
 
 def _cmp_cosine(A, B, w=None):
@@ -474,8 +517,8 @@ _POOL: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def _orders(V: np.ndarray, method: str) -> np.ndarray | None:
-    return np.argsort(V, axis=-1, kind="stable") if method in _RANK_METHODS else None
+def _orders(V: np.ndarray, method: str) -> _RankPlan | None:
+    return _RankPlan.of(V) if method in _PREPARED_IS_RANK or method == "tau_a" else None
 
 
 def _prepare(V, method, w=None, order=None) -> np.ndarray:
@@ -1010,7 +1053,7 @@ def _chunks(n_total: int, per: int, progress: bool, desc: str):
 
 
 def _samples_per_chunk(n_vectors: int, n_pairs: int) -> int:
-    return int(max(1, min(256, 2**25 // max(1, n_vectors * n_pairs))))
+    return int(max(1, min(256, 2**21 // max(1, n_vectors * n_pairs))))
 
 
 def _percentile_ci(x: np.ndarray, ci: float, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
