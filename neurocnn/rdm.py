@@ -83,6 +83,12 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    """Zero-copy torch view of x where possible (copies read-only or strided arrays)."""
+    a = np.ascontiguousarray(x)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 def _clean_attrs(attrs: Mapping[str, Any]) -> dict[str, str | int | float]:
     """Keep netCDF-safe attrs: str/int/float (bool -> int); drop None, dicts, others."""
     out: dict[str, str | int | float] = {}
@@ -284,10 +290,10 @@ def _wsum(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """Weighted sum over the last axis: x (S|1, k, P), w (S, 1, P) -> (S, k)."""
     if w is None:
         return x.sum(-1)
-    wt = torch.from_numpy(np.ascontiguousarray(w[:, 0, :]))
+    wt = _tensor((w[:, 0, :]))
     if x.ndim == 3 and x.shape[0] == 1:
-        return (wt @ torch.from_numpy(np.ascontiguousarray(x[0])).T).numpy()
-    xt = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(x, np.broadcast_shapes(x.shape, w.shape))))
+        return (wt @ _tensor((x[0])).T).numpy()
+    xt = _tensor((np.broadcast_to(x, np.broadcast_shapes(x.shape, w.shape))))
     return torch.bmm(xt, wt[:, :, None].expand(xt.shape[0], -1, 1))[..., 0].numpy()
 
 
@@ -345,12 +351,12 @@ def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: Any = None) -> np.
     if isinstance(order, _RankPlan):
         return order.ranks(w)
     shape = np.broadcast_shapes(x.shape, x.shape if w is None else w.shape)
-    xt = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(x, shape)))
+    xt = _tensor((np.broadcast_to(x, shape)))
     xs, ob = torch.sort(xt, dim=-1, stable=True)
     if w is None:
         ws = torch.ones(shape, dtype=torch.float64)
     else:
-        ws = torch.gather(torch.from_numpy(np.ascontiguousarray(np.broadcast_to(w, shape))), -1, ob)
+        ws = torch.gather(_tensor((np.broadcast_to(w, shape))), -1, ob)
     cs = torch.cumsum(ws, -1)
     out = torch.empty(shape, dtype=torch.float64)
     if not bool((xs[..., 1:] == xs[..., :-1]).any()):  # no ties: copies of an entry tie only
@@ -427,8 +433,8 @@ def _cmp_tau_a(A, B, w=None):
         return out
     dtype = torch.float32 if w is None else torch.float64  # float32 exact below 2**24
     chunk = max(1, min(P, (2**23 if w is None else 2**22) // max(P, 1) // max(S, 1)))
-    At, Bt = torch.from_numpy(np.ascontiguousarray(A)), torch.from_numpy(np.ascontiguousarray(B))
-    wt = None if w is None else torch.from_numpy(np.ascontiguousarray(w))
+    At, Bt = _tensor((A)), _tensor((B))
+    wt = None if w is None else _tensor((w))
     acc = torch.zeros(out.shape, dtype=torch.float64)
     for start in range(0, P, chunk):
         stop = min(P, start + chunk)
@@ -664,7 +670,7 @@ def _gram(act: _Activations, noise: np.ndarray | None, device: str, chunk_size: 
                 f"activations of stimulus {act.row_ids[row]!r} contain NaN/inf. Drop that "
                 "stimulus or fix the extraction before computing RDMs."
             )
-        t = torch.from_numpy(np.ascontiguousarray(block)).to(device=dev, dtype=dtype)
+        t = _tensor((block)).to(device=dev, dtype=dtype)
         if noise is None:
             tw = t
         elif noise.ndim == 1:
@@ -893,8 +899,8 @@ def compute_rdm(
 
 # --------------------------------------------------------------------- compare_rdms
 def _result_dims(a: _Stack, b: _Stack) -> tuple[str, str]:
-    da = a.dim or _STACK
-    db = b.dim or _STACK
+    da = a.dim or "_single_a"  # dims of single RDMs are dropped from the result
+    db = b.dim or "_single_b"
     if db == da:
         db = f"{db}2"
     return da, db
