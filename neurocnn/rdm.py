@@ -290,11 +290,9 @@ def _wsum(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """Weighted sum over the last axis: x (S|1, k, P), w (S, 1, P) -> (S, k)."""
     if w is None:
         return x.sum(-1)
-    wt = _tensor((w[:, 0, :]))
     if x.ndim == 3 and x.shape[0] == 1:
-        return (wt @ _tensor((x[0])).T).numpy()
-    xt = _tensor((np.broadcast_to(x, np.broadcast_shapes(x.shape, w.shape))))
-    return torch.bmm(xt, wt[:, :, None].expand(xt.shape[0], -1, 1))[..., 0].numpy()
+        return w[:, 0, :] @ x[0].T
+    return np.matmul(x, np.swapaxes(w, -1, -2))[..., 0]
 
 
 def _wcount(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
@@ -319,7 +317,7 @@ class _RankPlan:
     @classmethod
     def of(cls, V: np.ndarray) -> _RankPlan:
         V2 = V.reshape(-1, V.shape[-1])
-        order = np.argsort(V2, axis=-1, kind="stable")
+        order = np.argsort(V2, axis=-1)
         xs = np.take_along_axis(V2, order, -1)
         new = np.ones(xs.shape, bool)
         new[:, 1:] = xs[:, 1:] != xs[:, :-1]
@@ -351,23 +349,24 @@ def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: Any = None) -> np.
     if isinstance(order, _RankPlan):
         return order.ranks(w)
     shape = np.broadcast_shapes(x.shape, x.shape if w is None else w.shape)
-    xt = _tensor((np.broadcast_to(x, shape)))
-    xs, ob = torch.sort(xt, dim=-1, stable=True)
-    if w is None:
-        ws = torch.ones(shape, dtype=torch.float64)
-    else:
-        ws = torch.gather(_tensor((np.broadcast_to(w, shape))), -1, ob)
-    cs = torch.cumsum(ws, -1)
-    out = torch.empty(shape, dtype=torch.float64)
-    if not bool((xs[..., 1:] == xs[..., :-1]).any()):  # no ties: copies of an entry tie only
-        return out.scatter_(-1, ob, cs - (ws - 1.0) / 2.0).numpy()
-    new = torch.ones(shape, dtype=torch.bool)
-    new[..., 1:] = xs[..., 1:] != xs[..., :-1]
-    last = torch.ones(shape, dtype=torch.bool)
-    last[..., :-1] = new[..., 1:]
-    before = torch.cummax(torch.where(new, cs - ws, -torch.inf), -1).values
-    after = torch.flip(torch.cummin(torch.flip(torch.where(last, cs, torch.inf), (-1,)), -1).values, (-1,))
-    return out.scatter_(-1, ob, (before + after + 1.0) / 2.0).numpy()
+    xb = np.broadcast_to(x, shape)
+    ob = np.argsort(xb, axis=-1)  # SIMD quicksort; tie order is irrelevant for average ranks
+    xs = np.take_along_axis(xb, ob, -1)
+    ws = np.ones(shape) if w is None else np.take_along_axis(np.broadcast_to(w, shape), ob, -1)
+    cs = np.cumsum(ws, -1)
+    out = np.empty(shape)
+    same = xs[..., 1:] == xs[..., :-1]
+    if not same.any():  # no ties: only copies of one entry tie
+        np.put_along_axis(out, ob, cs - (ws - 1.0) / 2.0, -1)
+        return out
+    new = np.ones(shape, bool)
+    new[..., 1:] = ~same
+    last = np.ones(shape, bool)
+    last[..., :-1] = ~same
+    before = np.maximum.accumulate(np.where(new, cs - ws, -np.inf), -1)
+    after = np.minimum.accumulate(np.where(last, cs, np.inf)[..., ::-1], -1)[..., ::-1]
+    np.put_along_axis(out, ob, (before + after + 1.0) / 2.0, -1)
+    return out
 
 
 def _cmp_cosine(A, B, w=None):

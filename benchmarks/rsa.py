@@ -1,0 +1,121 @@
+"""Benchmark neurocnn.rdm against rsatoolbox on the same inputs.
+
+Cases: correlation RDMs (1000 x 50k and 92 x 50k units), Spearman comparison of many
+RDMs at 1000 stimuli, and a 1000-sample stimulus bootstrap with noise ceilings on the
+92-image human IT data (8 model RDMs vs 8 brain RDMs, rsatoolbox
+``eval_bootstrap_pattern``). Prints one table with times and speed-ups.
+
+rsatoolbox's bootstrap costs the same per sample, so with ``--reference-samples`` below
+``n_bootstrap`` its time is measured on fewer samples and scaled linearly (marked ``*``).
+
+Usage::
+
+    python benchmarks/rsa.py            # full sizes
+    python benchmarks/rsa.py --quick    # small sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("NEUROCNN_MIRROR", str(Path(__file__).resolve().parents[2] / "shared"))
+
+from neurocnn import rdm  # noqa: E402
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def case_rdm(n: int, units: int, repeats: int) -> tuple[str, float, float, str]:
+    from rsatoolbox.data import Dataset
+    from rsatoolbox.rdm import calc_rdm
+
+    x = np.random.default_rng(0).normal(size=(n, units)).astype(np.float32)
+    ours = best_of(lambda: rdm.compute_rdm(x, "correlation"), repeats)
+    ds = Dataset(x.astype(np.float64))
+    ref = best_of(lambda: calc_rdm(ds, method="correlation"), 1)
+    got = rdm.compute_rdm(x, "correlation").values[np.triu_indices(n, 1)]
+    err = np.abs(got - calc_rdm(ds, method="correlation").get_vectors()[0]).max()
+    return f"correlation RDM {n} x {units} units", ours, ref, f"max |diff| {err:.1e}"
+
+
+def case_compare(n: int, k: int, repeats: int) -> tuple[str, float, float, str]:
+    from rsatoolbox.rdm import RDMs, compare
+
+    rng = np.random.default_rng(1)
+    p = n * (n - 1) // 2
+    base = rng.random(p)
+    a, b = base + rng.random((k, p)), base + rng.random((k, p))
+    ours = best_of(lambda: rdm.compare_rdms(a, b, "spearman"), repeats)
+    ref = best_of(lambda: compare(RDMs(a), RDMs(b), "spearman"), 1)
+    err = np.abs(rdm.compare_rdms(a, b, "spearman").values - compare(RDMs(a), RDMs(b), "spearman")).max()
+    return f"spearman compare {k} x {k} RDMs, {n} stimuli", ours, ref, f"max |diff| {err:.1e}"
+
+
+def case_bootstrap(n_boot: int, n_ref: int) -> tuple[str, float, float, str]:
+    from rsatoolbox.inference import eval_bootstrap_pattern
+    from rsatoolbox.model import ModelFixed
+    from rsatoolbox.rdm import RDMs
+
+    brain = rdm.load_92images_brain_rdms()
+    models = rdm.load_92images_reference_rdms().isel(rdm=slice(2, 10))
+    start = time.perf_counter()
+    ds = rdm.bootstrap_rdm_comparison(models, brain, "spearman", n_bootstrap=n_boot, seed=0,
+                                      progress=False)
+    ours = time.perf_counter() - start
+    fixed = [ModelFixed(str(name), RDMs(models.values[i][None]))
+             for i, name in enumerate(models.rdm.values)]
+    np.random.seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        res = eval_bootstrap_pattern(fixed, RDMs(brain.values), method="spearman", N=n_ref)
+        ref = (time.perf_counter() - start) * n_boot / n_ref
+    ok = np.isfinite(res.evaluations[:, 0])
+    diff = np.abs(ds["mean"].values - res.evaluations[ok].mean(0)).max()
+    star = "*" if n_ref < n_boot else ""
+    return (f"bootstrap {n_boot} samples + noise ceiling, 92 stim, 8 layers x 8 RDMs{star}",
+            ours, ref, f"max |mean diff| {diff:.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--reference-samples", type=int, default=None,
+                        help="bootstrap samples run by rsatoolbox (default: all)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    if args.quick:
+        big, units, cmp_n, cmp_k, n_boot = 300, 5_000, 300, 4, 100
+    else:
+        big, units, cmp_n, cmp_k, n_boot = 1000, 50_000, 1000, 8, 1000
+    n_ref = min(n_boot, args.reference_samples or n_boot)
+    rows = [
+        case_rdm(big, units, 3),
+        case_rdm(92, units, 5),
+        case_compare(cmp_n, cmp_k, 3),
+        case_bootstrap(n_boot, n_ref),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'case':<{width}}  {'neurocnn s':>10}  {'rsatoolbox s':>12}  {'speed-up':>8}  check")
+    for name, ours, ref, check in rows:
+        print(f"{name:<{width}}  {ours:>10.3f}  {ref:>12.3f}  {ref / ours:>7.1f}x  {check}")
+    print(f"({os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()
