@@ -15,8 +15,8 @@ matrix product of rank-transformed, z-scored vectors (other comparison methods g
 through :func:`neurocnn.rdm.compare_rdms`'s implementation). Batches can be spread over
 a dask cluster (``client=``).
 
-Significance: with several subjects a one-sign-flip test of the subject maps (t
-statistic), with one subject a permutation of the model RDMs' stimulus labels; FWE
+Significance: with several subjects a one-sample sign-flip test of the subject maps (their
+mean), with one subject a permutation of the model RDMs' stimulus labels; FWE
 correction by the maximum statistic over voxels, per layer.
 
 Also here: :func:`simulate_volume` (plant RDMs into spheres on the MNI 2 mm grid),
@@ -532,32 +532,27 @@ def _permuted_models(B: np.ndarray, n_stim: int, n_perm: int, rng: np.random.Gen
 
 
 def _sign_flip(maps: np.ndarray, n_perm: int, rng: np.random.Generator, progress: bool):
-    """One-sample sign-flip test of (S, L, V) subject maps: t, p_uncorrected, p_fwe."""
+    """One-sample sign-flip test of (S, L, V) subject maps on the mean across subjects.
+
+    Returns the number of flips whose mean reaches the observed one per voxel (L, V) and
+    each flip's maximum over voxels (n_perm, L).
+    """
     from tqdm.auto import tqdm
 
     S = maps.shape[0]
     ok = np.isfinite(maps).all(0)
-    M = np.where(ok, maps, 0.0)
-    ss = (M * M).sum(0)
-
-    def tstat(mean: np.ndarray) -> np.ndarray:
-        var = np.clip((ss - S * mean**2) / (S - 1), 0.0, None)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = mean / np.sqrt(var / S)
-        return np.where(ok & (var > 0), t, np.nan)
-
-    t_obs = tstat(M.mean(0))
+    flat = np.where(ok, maps, 0.0).reshape(S, -1)
+    obs = flat.mean(0)
     signs = rng.choice(np.array([-1.0, 1.0]), size=(n_perm, S))
     null_max = np.empty((n_perm, maps.shape[1]))
-    exceed = np.zeros(t_obs.shape)
-    flat = M.reshape(S, -1)
+    exceed = np.zeros(obs.shape)
     chunk = max(1, 2**24 // max(1, flat.shape[1]))
     for a in tqdm(range(0, n_perm, chunk), desc="sign flips", disable=not progress, leave=False):
-        sg = signs[a : a + chunk]
-        tp = tstat((sg @ flat / S).reshape(len(sg), *t_obs.shape))  # (p, L, V)
-        null_max[a : a + chunk] = np.nanmax(np.where(np.isnan(tp), -np.inf, tp), -1)
-        exceed += (tp >= t_obs[None] - 1e-12).sum(0)
-    return t_obs, exceed, null_max
+        null = signs[a : a + chunk] @ flat / S  # (p, L * V)
+        exceed += (null >= obs - 1e-12).sum(0)
+        null = np.where(ok.reshape(-1), null, -np.inf).reshape(len(null), *maps.shape[1:])
+        null_max[a : a + chunk] = null.max(-1)
+    return exceed.reshape(maps.shape[1:]), null_max
 
 
 def _p_values(obs: np.ndarray, exceed: np.ndarray, null_max: np.ndarray, n_perm: int):
@@ -635,8 +630,8 @@ def searchlight(
     progress : bool
         Show progress bars.
     n_permutations : int
-        0: no test. Otherwise, several subjects: sign flips of the subject maps (t
-        statistic); one subject: permutations of the model RDMs' stimulus labels.
+        0: no test. Otherwise, several subjects: sign flips of the subject maps (the
+        statistic is the mean correlation); one subject: permutations of the model RDMs' stimulus labels.
         Adds ``p_uncorrected`` and ``p_fwe`` (max statistic over voxels, per layer).
     seed : int
         Seed of the permutations (recorded in attrs).
@@ -646,7 +641,7 @@ def searchlight(
     xr.Dataset
         Dims ``layer``, ``voxel`` (every mask centre; ``subject`` too with several
         subjects). Vars ``correlation`` (layer, voxel) (the subject mean with several
-        subjects, plus ``subject_correlation`` and ``t``), ``n_voxels`` (voxel),
+        subjects, plus ``subject_correlation``), ``n_voxels`` (voxel),
         ``p_uncorrected``/``p_fwe`` with permutations. Coords ``i, j, k`` (voxel
         indices), ``x, y, z`` (mm). Attrs: radius, metric, method, grid shape and
         affine, mask source, model provenance, seed.
@@ -767,8 +762,8 @@ def searchlight(
         if multi:
             if len(volumes) < 2:
                 raise InvalidDataError("a sign-flip test needs at least 2 subjects.")
-            stat, exceed, null_max = _sign_flip(np.stack(scores), n_permutations, rng, progress)
-            data_vars["t"] = (("layer", "voxel"), stat)
+            exceed, null_max = _sign_flip(np.stack(scores), n_permutations, rng, progress)
+            stat = data_vars["correlation"][1]
         else:
             stat = scores[0]
             exceed, null_max = null_parts
@@ -822,7 +817,7 @@ def to_nifti(result: xr.Dataset, layer: str | int = 0, var: str = "correlation",
     layer : str or int
         Layer name or position.
     var : str
-        Variable with dims (layer, voxel): ``correlation``, ``t``, ``p_fwe``...
+        Variable with dims (layer, voxel): ``correlation``, ``p_fwe``...
     fill_value : float
         Value outside the mask and at centres without a value (NaN).
 
