@@ -381,7 +381,21 @@ def _cmp_cosine(A, B, w=None):
 
 
 def _cmp_pearson(A, B, w=None):
-    return _cmp_cosine(_wcenter(A, w), _wcenter(B, w), w)
+    """Weighted Pearson r from moments (one pass per input; inputs are RDM values or
+    ranks, whose mean is not large against their spread, so float64 moments are exact
+    to ~1e-13)."""
+    if w is None:
+        return _cmp_cosine(_wcenter(A, None), _wcenter(B, None))
+    Aw, Bw = A * w, B * w
+    n = w.sum(-1)[..., None]  # (S, 1, 1)
+    sa, sb = Aw.sum(-1), Bw.sum(-1)  # (S, ka), (S, kb)
+    num = np.matmul(Aw, np.swapaxes(B, -1, -2)) - sa[..., :, None] * sb[..., None, :] / n
+    va = np.einsum("...p,...p->...", Aw, A) - sa**2 / n[..., 0]
+    vb = np.einsum("...p,...p->...", Bw, B) - sb**2 / n[..., 0]
+    den = np.sqrt(np.clip(va, 0.0, None))[..., :, None] * np.sqrt(np.clip(vb, 0.0, None))[..., None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where(den > 0, out, 0.0)
 
 
 def _prep_none(x, w=None, order=None):
@@ -649,11 +663,33 @@ def _activations(x: Any, runs: Any, stimulus_ids: Any) -> _Activations:
                         arr.shape[1], blocks, {}, {})
 
 
+_SYRK = {torch.float64: "dsyrk", torch.float32: "ssyrk"}
+
+
+def _syrk_accumulate(G: np.ndarray, block: np.ndarray, dtype: torch.dtype) -> None:
+    """G += block @ block.T on the upper triangle with BLAS syrk (half the flops of a GEMM)."""
+    import scipy.linalg.blas as blas
+
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    a = np.asarray(block, dtype=np_dtype, order="C").T  # (f, n) Fortran order, no copy
+    syrk = getattr(blas, _SYRK[dtype])
+    if np_dtype is np.float64:
+        syrk(1.0, a, beta=1.0, c=G, trans=1, lower=0, overwrite_c=1)
+    else:
+        G += syrk(1.0, a, trans=1, lower=0)
+
+
 def _gram(act: _Activations, noise: np.ndarray | None, device: str, chunk_size: int | None,
-          dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accumulate G = X N X^T (N = noise precision, identity if None) and row sums of X."""
+          dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulate G = X N X^T (N = noise precision, identity if None) and row sums of X.
+
+    On CPU without noise weighting, BLAS syrk fills the upper triangle (half the work
+    of a matrix product); otherwise torch matmuls run on ``device``.
+    """
     dev = torch.device(device)
+    use_syrk = dev.type == "cpu" and noise is None and dtype in _SYRK
     G = torch.zeros((act.n_rows, act.n_rows), dtype=torch.float64, device=dev)
+    G_np = np.zeros((act.n_rows, act.n_rows), order="F") if use_syrk else None
     s = torch.zeros(act.n_rows, dtype=torch.float64, device=dev)
     if noise is not None and noise.ndim == 2:
         chunk = act.n_features  # a full precision matrix couples all features
@@ -669,53 +705,59 @@ def _gram(act: _Activations, noise: np.ndarray | None, device: str, chunk_size: 
                 f"activations of stimulus {act.row_ids[row]!r} contain NaN/inf. Drop that "
                 "stimulus or fix the extraction before computing RDMs."
             )
-        t = _tensor((block)).to(device=dev, dtype=dtype)
+        offset += f
+        if use_syrk:
+            _syrk_accumulate(G_np, block, dtype)
+            s += torch.from_numpy(np.asarray(block).sum(1, dtype=np.float64))
+            continue
+        t = _tensor(block).to(device=dev, dtype=dtype)
         if noise is None:
             tw = t
         elif noise.ndim == 1:
-            tw = t * torch.from_numpy(noise[offset : offset + f]).to(device=dev, dtype=dtype)
+            tw = t * torch.from_numpy(noise[offset - f : offset]).to(device=dev, dtype=dtype)
         else:
             tw = t @ torch.from_numpy(noise).to(device=dev, dtype=dtype)
         G += (tw @ t.T).to(torch.float64)
         s += t.sum(1, dtype=torch.float64) if dtype == torch.float64 else t.sum(1).to(torch.float64)
-        offset += f
-    return G, s
+    if use_syrk:
+        upper = np.triu(G_np)
+        return upper + np.triu(upper, 1).T, s.numpy()
+    return G.cpu().numpy(), s.cpu().numpy()
 
 
-def _diag_check(d: torch.Tensor, scale: torch.Tensor, ids: np.ndarray, why: str) -> None:
-    bad = (d <= 1e-12 * scale.clamp_min(1e-300)).nonzero().flatten().tolist()
-    if bad:
+def _diag_check(d: np.ndarray, scale: np.ndarray, ids: np.ndarray, why: str) -> None:
+    bad = np.flatnonzero(d <= 1e-12 * np.maximum(scale, 1e-300))
+    if bad.size:
+        more = f" and {bad.size - 1} more" if bad.size > 1 else ""
         raise InvalidDataError(
-            f"stimulus {ids[bad[0]]!r}{' and %d more' % (len(bad) - 1) if len(bad) > 1 else ''} "
-            f"has {why}; its {why.split()[0]} dissimilarity is undefined. Drop it or use "
-            "metric='euclidean'."
+            f"stimulus {ids[bad[0]]!r}{more} has {why}; its {why.split()[-2]} dissimilarity "
+            "is undefined for this metric. Drop it or use metric='euclidean'."
         )
 
 
 def _rdm_correlation(G, s, F, ids):
-    C = G - torch.outer(s, s) / F
-    d = torch.diagonal(C)
-    _diag_check(d, torch.diagonal(G), ids, "a constant activation pattern")
-    r = C / torch.sqrt(torch.outer(d, d))
-    return 1.0 - r
+    C = G - np.outer(s, s) / F
+    d = np.diag(C)
+    _diag_check(d, np.diag(G), ids, "a constant activation pattern")
+    return 1.0 - C / np.sqrt(np.outer(d, d))
 
 
 def _rdm_cosine(G, s, F, ids):
-    d = torch.diagonal(G)
-    _diag_check(d, d.max().expand_as(d), ids, "an all-zero activation pattern")
-    return 1.0 - G / torch.sqrt(torch.outer(d, d))
+    d = np.diag(G)
+    _diag_check(d, np.full_like(d, d.max()), ids, "an all-zero activation pattern")
+    return 1.0 - G / np.sqrt(np.outer(d, d))
 
 
 def _rdm_sqeuclidean(G, s, F, ids):
-    d = torch.diagonal(G)
-    return (d[:, None] + d[None, :] - 2.0 * G).clamp_min(0.0)
+    d = np.diag(G)
+    return np.maximum(d[:, None] + d[None, :] - 2.0 * G, 0.0)
 
 
 def _rdm_euclidean(G, s, F, ids):
-    return torch.sqrt(_rdm_sqeuclidean(G, s, F, ids))
+    return np.sqrt(_rdm_sqeuclidean(G, s, F, ids))
 
 
-_METRICS: dict[str, Callable[..., torch.Tensor]] = {
+_METRICS: dict[str, Callable[..., np.ndarray]] = {
     "correlation": _rdm_correlation,
     "euclidean": _rdm_euclidean,
     "sqeuclidean": _rdm_sqeuclidean,
@@ -730,7 +772,7 @@ def _averaging_matrix(labels: np.ndarray, mask: np.ndarray, groups: np.ndarray) 
     return A / np.maximum(counts, 1)
 
 
-def _crossnobis(G: torch.Tensor, act: _Activations, conds: np.ndarray) -> np.ndarray:
+def _crossnobis(G: np.ndarray, act: _Activations, conds: np.ndarray) -> np.ndarray:
     """Leave-one-run-out crossnobis as rsatoolbox.rdm.calc_rdm_crossnobis (divided by F)."""
     if act.runs is None:
         raise ShapeMismatchError(
@@ -743,7 +785,7 @@ def _crossnobis(G: torch.Tensor, act: _Activations, conds: np.ndarray) -> np.nda
     folds = np.unique(runs)
     if len(folds) < 2:
         raise ShapeMismatchError("metric 'crossnobis' needs at least 2 runs.")
-    Gn = G.cpu().numpy()
+    Gn = G
     out = np.zeros((len(conds), len(conds)))
     for fold in folds:
         test = runs == fold
@@ -784,9 +826,9 @@ def _compute_one(act: _Activations, metric: str, noise, device, chunk_size, dtyp
         D = _crossnobis(G, act, conds)
     else:
         if len(conds) != act.n_rows:  # repeated measurements: average patterns first
-            A = torch.from_numpy(_averaging_matrix(act.row_ids, np.ones(act.n_rows, bool), conds)).to(G)
+            A = _averaging_matrix(act.row_ids, np.ones(act.n_rows, bool), conds)
             G, s = A @ G @ A.T, A @ s
-        D = _METRICS[metric](G, s, float(act.n_features), conds).cpu().numpy()
+        D = _METRICS[metric](G, s, float(act.n_features), conds)
         D = (D + D.T) / 2.0
         np.fill_diagonal(D, 0.0)
     first = np.array([np.flatnonzero(act.row_ids == c)[0] for c in conds])
