@@ -505,7 +505,6 @@ _COMPARE: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]]
     "cosine_cov": (_prep_none, _cmp_cosine_cov),
 }
 COMPARE_METHODS: tuple[str, ...] = tuple(_COMPARE)
-_RANK_METHODS = frozenset({"spearman", "rho_a", "tau_a"})
 _PREPARED_IS_RANK = frozenset({"spearman", "rho_a"})
 
 
@@ -537,7 +536,7 @@ _POOL: dict[str, Callable[..., np.ndarray]] = {
 
 
 def _orders(V: np.ndarray, method: str) -> _RankPlan | None:
-    return _RankPlan.of(V) if method in _PREPARED_IS_RANK or method == "tau_a" else None
+    return _RankPlan.of(V) if method in _PREPARED_IS_RANK else None
 
 
 def _prepare(V, method, w=None, order=None) -> np.ndarray:
@@ -805,9 +804,11 @@ def _crossnobis(G: np.ndarray, act: _Activations, conds: np.ndarray) -> np.ndarr
     return out
 
 
-def _unique_in_order(values: np.ndarray) -> np.ndarray:
+def _unique_in_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique values in order of first appearance, and the index of that appearance."""
     _, first = np.unique(values, return_index=True)
-    return values[np.sort(first)]
+    first = np.sort(first)
+    return values[first], first
 
 
 def _compute_one(act: _Activations, metric: str, noise, device, chunk_size, dtype) -> xr.DataArray:
@@ -821,7 +822,7 @@ def _compute_one(act: _Activations, metric: str, noise, device, chunk_size, dtyp
                 f"length-{act.n_features} diagonal, got shape {noise.shape}."
             )
     G, s = _gram(act, noise, device, chunk_size, dtype)
-    conds = _unique_in_order(act.row_ids)
+    conds, first = _unique_in_order(act.row_ids)
     if metric == "crossnobis":
         D = _crossnobis(G, act, conds)
     else:
@@ -831,7 +832,6 @@ def _compute_one(act: _Activations, metric: str, noise, device, chunk_size, dtyp
         D = _METRICS[metric](G, s, float(act.n_features), conds)
         D = (D + D.T) / 2.0
         np.fill_diagonal(D, 0.0)
-    first = np.array([np.flatnonzero(act.row_ids == c)[0] for c in conds])
     coords: dict[str, Any] = {"stimulus": conds, "stimulus2": conds.copy()}
     for name, values in act.pattern_coords.items():
         coords[name] = ("stimulus", values[first])
