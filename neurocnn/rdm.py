@@ -241,7 +241,8 @@ def _stack_to_dataarray(st: _Stack) -> xr.DataArray:
         coords[name] = ("stimulus", values)
         coords[f"{name}2"] = ("stimulus2", values)
     if st.dim is None:
-        return xr.DataArray(mats[0], dims=("stimulus", "stimulus2"), coords=coords, attrs=st.attrs)
+        return xr.DataArray(mats[0], dims=("stimulus", "stimulus2"), coords=coords,
+                            attrs=_clean_attrs(st.attrs))
     for name, values in st.coords.items():
         coords[name] = (st.dim, values)
     return xr.DataArray(
@@ -352,10 +353,13 @@ def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: Any = None) -> np.
     xb = np.broadcast_to(x, shape)
     ob = np.argsort(xb, axis=-1)  # SIMD quicksort; tie order is irrelevant for average ranks
     xs = np.take_along_axis(xb, ob, -1)
-    ws = np.ones(shape) if w is None else np.take_along_axis(np.broadcast_to(w, shape), ob, -1)
-    cs = np.cumsum(ws, -1)
     out = np.empty(shape)
     same = xs[..., 1:] == xs[..., :-1]
+    if w is None and not same.any():
+        np.put_along_axis(out, ob, np.broadcast_to(np.arange(1.0, shape[-1] + 1.0), shape), -1)
+        return out
+    ws = np.ones(shape) if w is None else np.take_along_axis(np.broadcast_to(w, shape), ob, -1)
+    cs = np.cumsum(ws, -1)
     if not same.any():  # no ties: only copies of one entry tie
         np.put_along_axis(out, ob, cs - (ws - 1.0) / 2.0, -1)
         return out
@@ -446,8 +450,8 @@ def _cmp_tau_a(A, B, w=None):
         return out
     dtype = torch.float32 if w is None else torch.float64  # float32 exact below 2**24
     chunk = max(1, min(P, (2**23 if w is None else 2**22) // max(P, 1) // max(S, 1)))
-    At, Bt = _tensor((A)), _tensor((B))
-    wt = None if w is None else _tensor((w))
+    At, Bt = _tensor(A), _tensor(B)
+    wt = None if w is None else _tensor(w)
     acc = torch.zeros(out.shape, dtype=torch.float64)
     for start in range(0, P, chunk):
         stop = min(P, start + chunk)

@@ -105,6 +105,16 @@ def test_crossnobis_matches_rsatoolbox(diag_noise):
     assert got.attrs["n_runs"] == n_run
 
 
+def test_repeated_measurements_are_averaged_for_plain_metrics():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(5, 2, 30))  # stimulus, run, unit
+    da = xr.DataArray(x, dims=("stimulus", "run", "unit"), coords={"stimulus": list("abcde")})
+    got = rdm.compute_rdm(da, "correlation")
+    np.testing.assert_allclose(squareform(got.values, checks=False), pdist(x.mean(1), "correlation"),
+                               atol=1e-12)
+    assert list(got.stimulus.values) == list("abcde")
+
+
 def test_compute_rdm_dict_of_layers_and_netcdf(tmp_path):
     acts = {"conv1": _activations(seed=1), "fc": _activations(seed=2)}
     stacked = rdm.compute_rdm(acts)
