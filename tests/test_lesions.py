@@ -1,0 +1,329 @@
+"""Tests of neurocnn.lesions: selectivity, FDR selection, node/synapse KO, TMS, sham."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from torch import nn
+
+import neurocnn as nc
+from neurocnn import lesions
+from neurocnn.exceptions import InvalidDataError, NoSelectiveUnitsError, StimulusError, UnknownNameError
+
+IDENTITY = nc.Preprocessing(resize=None, crop=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+class Tiny(nn.Module):
+    """conv1 channel 0 = top-minus-bottom luminance edge ("face"), channel 1 = its negative
+    ("place"), channel 2 = luminance; then ReLU, a 1x1 mixing conv, global pooling, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 3, kernel_size=(2, 1))
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(3, 2, kernel_size=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            w = torch.zeros(3, 3, 2, 1)
+            w[0, :, 0, 0], w[0, :, 1, 0] = 1 / 3, -1 / 3
+            w[1] = -w[0]
+            w[2, :, :, 0] = 1 / 6
+            self.conv1.weight.copy_(w)
+            self.conv1.bias.zero_()
+            self.conv2.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 1.0]])[:, :, None, None])
+            self.conv2.bias.copy_(torch.tensor([0.1, -0.2]))
+            self.fc.weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 2.0]]))
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flat(self.pool(self.conv2(self.relu(self.conv1(x))))))
+
+
+def _localizer(n: int = 24, size: int = 8, seed: int = 0) -> nc.StimulusSet:
+    """Faces: bright top half; places: bright bottom half; objects: uniform; same mean luminance."""
+    rng = np.random.default_rng(seed)
+    images, domain = [], []
+    for kind in ("face", "place", "object"):
+        for _ in range(n):
+            img = np.full((size, size), 0.5)
+            contrast = rng.uniform(0.2, 0.4)
+            if kind == "face":
+                img[: size // 2] += contrast
+                img[size // 2 :] -= contrast
+            elif kind == "place":
+                img[: size // 2] -= contrast
+                img[size // 2 :] += contrast
+            img = img + rng.normal(0, 0.01, img.shape)
+            images.append(np.repeat(img.clip(0, 1)[..., None], 3, axis=-1))
+            domain.append(kind)
+    return nc.StimulusSet(np.stack(images).astype(np.float32), metadata={"domain": domain, "category": domain}, name="toy")
+
+
+@pytest.fixture()
+def tiny() -> nc.VirtualSubject:
+    return nc.VirtualSubject(Tiny(), preprocessing=IDENTITY, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def toy() -> nc.StimulusSet:
+    return _localizer()
+
+
+def _state(subject: nc.VirtualSubject) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
+
+
+def _assert_identical(subject: nc.VirtualSubject, before: dict[str, torch.Tensor]) -> None:
+    after = subject.model.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    for name, p in subject.model.named_parameters():
+        assert torch.equal(p, before[name])
+    for name, b in subject.model.named_buffers():
+        assert torch.equal(b, before[name])
+
+
+# ------------------------------------------------------------------ selectivity
+def test_selectivity_finds_the_face_and_place_channels(tiny, toy):
+    face = lesions.selectivity(tiny, toy, "conv1", target="face")
+    assert face.sizes == {"channel": 3}
+    assert lesions.select_units(face).values.tolist() == [0]
+    place = lesions.selectivity(tiny, toy, "conv1", target="place")
+    assert lesions.select_units(place).values.tolist() == [1]
+    assert face.attrs["n_target"] == 24 and face.attrs["n_against"] == 48
+    assert face["selectivity_index"].values[0] > 0.9
+    # oracle: Welch t of the spatial-mean responses
+    acts = tiny.activations(toy, "conv1", progress=False).values.astype(np.float64).mean((2, 3))
+    is_face = np.asarray(toy.metadata["domain"]) == "face"
+    ref = scipy.stats.ttest_ind(acts[is_face], acts[~is_face], equal_var=False, alternative="greater")
+    np.testing.assert_allclose(face["t"].values[:2], ref.statistic[:2], rtol=1e-6)
+    np.testing.assert_allclose(face["p"].values[:2], ref.pvalue[:2], rtol=1e-6, atol=1e-300)
+
+
+def test_unit_level_selectivity_has_unit_coords(tiny, toy):
+    sel = lesions.selectivity(tiny, toy, "conv1", target="face", level="unit")
+    assert sel.sizes["unit"] == 3 * 7 * 8
+    chosen = lesions.select_units(sel).values
+    c, y = sel["unit_channel"].values[chosen], sel["unit_y"].values[chosen]
+    # position-specific: the edge units on the boundary row, and luminance units in the top half
+    true = {(0, 3), (2, 0), (2, 1), (2, 2)}
+    hits = [(ci, yi) in true for ci, yi in zip(c.tolist(), y.tolist())]
+    assert sum(hits) == 4 * 8  # all of them found
+    assert len(hits) - sum(hits) <= 0.1 * len(hits)  # noise-only units pass at most at the FDR rate
+
+
+def test_fdr_matches_scipy():
+    rng = np.random.default_rng(3)
+    p = np.concatenate([rng.uniform(0, 1e-4, 20), rng.uniform(0, 1, 200)])
+    np.testing.assert_allclose(lesions._bh_adjust(p), scipy.stats.false_discovery_control(p), rtol=1e-12)
+    import xarray as xr
+
+    sel = xr.Dataset({"p": ("channel", p), "t": ("channel", np.ones_like(p))}, attrs={"target": "face", "layer": "x"})
+    chosen = lesions.select_units(sel, q=0.05)
+    expected = np.flatnonzero(scipy.stats.false_discovery_control(p) <= 0.05)
+    assert sorted(chosen.values.tolist()) == expected.tolist()
+    assert chosen.attrs["n_selected"] == expected.size and chosen.attrs["n_total"] == p.size
+
+
+def test_top_n_and_no_selective_units(tiny, toy):
+    import xarray as xr
+
+    flat = xr.Dataset({"p": ("channel", np.full(5, 0.5)), "t": ("channel", np.zeros(5))}, attrs={"target": "object", "layer": "x"})
+    with pytest.raises(NoSelectiveUnitsError, match="object-selective.*0.5"):
+        lesions.select_units(flat)
+    face = lesions.selectivity(tiny, toy, "conv1", target="face")
+    assert lesions.select_units(face, method="top_n", n=1).values.tolist() == [0]
+    with pytest.raises(InvalidDataError):
+        lesions.select_units(face, method="top_n")
+    with pytest.raises(UnknownNameError, match="fdr"):
+        lesions.select_units(face, method="fdrr")
+
+
+def test_missing_categories_raise(tiny, toy):
+    with pytest.raises(StimulusError, match="house"):
+        lesions.selectivity(tiny, toy, "conv1", target="house")
+    with pytest.raises(StimulusError, match="no metadata field"):
+        lesions.selectivity(tiny, toy, "conv1", by="genre")
+
+
+def test_split_localizer_is_stratified_disjoint_and_seeded(toy):
+    a, b = lesions.split_localizer(toy, 0.5, seed=1)
+    assert not set(a.ids) & set(b.ids) and len(a) + len(b) == len(toy)
+    assert all((np.asarray(a.metadata["category"]) == c).sum() == 12 for c in ("face", "place", "object"))
+    a2, _ = lesions.split_localizer(toy, 0.5, seed=1)
+    a3, _ = lesions.split_localizer(toy, 0.5, seed=2)
+    assert a.ids.tolist() == a2.ids.tolist() != a3.ids.tolist()
+    with pytest.raises(InvalidDataError):
+        lesions.split_localizer(toy, 1.5)
+
+
+# ------------------------------------------------------------------ node knockout
+def test_knockout_zeroes_output_and_downstream_by_hand(tiny, toy):
+    x = tiny.preprocess(toy.subset([0, 30]))
+    before = _state(tiny)
+    intact = tiny.forward_layers(x, ["conv1"])["conv1"]
+    with lesions.knockout(tiny, "conv1", [0]) as les:
+        out = tiny.forward_layers(x, ["conv1", "conv2"])
+        assert lesions.active_lesions(tiny) == [les]
+    assert torch.all(out["conv1"][:, 0] == 0)
+    assert torch.equal(out["conv1"][:, 1:], intact[:, 1:])
+    h = torch.relu(intact).clone()
+    h[:, 0] = 0
+    w, b = tiny.model.conv2.weight[:, :, 0, 0], tiny.model.conv2.bias
+    by_hand = torch.einsum("oc,nchw->nohw", w, h) + b[None, :, None, None]
+    torch.testing.assert_close(out["conv2"], by_hand)
+    assert not lesions.active_lesions(tiny)
+    assert not tiny.module("conv1")._forward_hooks
+    _assert_identical(tiny, before)
+    assert torch.equal(tiny.forward_layers(x, ["conv1"])["conv1"], intact)
+
+
+def test_unit_knockout_and_nesting(tiny, toy):
+    x = tiny.preprocess(toy.subset([0]))
+    before = _state(tiny)
+    with lesions.knockout(tiny, "conv1", [5], level="unit"):
+        with lesions.knockout(tiny, "conv1", [2]):
+            out = tiny.forward_layers(x, ["conv1"])["conv1"]
+            assert len(lesions.active_lesions(tiny)) == 2
+        inner_gone = tiny.forward_layers(x, ["conv1"])["conv1"]
+    assert out.flatten()[5] == 0 and torch.all(out[:, 2] == 0)
+    assert inner_gone.flatten()[5] == 0 and torch.any(inner_gone[:, 2] != 0)
+    _assert_identical(tiny, before)
+
+
+def test_bad_units_and_fractions(tiny):
+    with pytest.raises(InvalidDataError, match="out of range"):
+        lesions.knockout(tiny, "conv1", [3])
+    with pytest.raises(InvalidDataError, match="out of range"):
+        lesions.knockout(tiny, "conv1", [-1])
+    with pytest.raises(InvalidDataError, match="repeated"):
+        lesions.knockout(tiny, "conv1", [1, 1])
+    with pytest.raises(InvalidDataError, match=r"\[0, 1\]"):
+        lesions.synapse_knockout(tiny, "conv1", 1.2)
+    with pytest.raises(InvalidDataError, match="out of range"):
+        lesions.synapse_knockout(tiny, "conv2", 0.5, units=[2])
+    with pytest.raises(InvalidDataError, match="no convolution"):
+        lesions.synapse_knockout(tiny, "relu", 0.5)
+    with pytest.raises(UnknownNameError):
+        lesions.knockout(tiny, "conv9", [0])
+
+
+# ------------------------------------------------------------------ synapse knockout
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.5, 1.0])
+def test_synapse_knockout_zeroes_exact_count_and_restores(fraction):
+    subject = nc.VirtualSubject("alexnet", weights=None, seed=0)
+    before = _state(subject)
+    weight = subject.module("conv3").weight
+    n = weight.numel()
+    with lesions.synapse_knockout(subject, "conv3", fraction, seed=4) as les:
+        zeroed = before["features.6.weight"].ne(0) & weight.eq(0)
+        assert int(zeroed.sum()) == round(fraction * n) == les.attrs()["lesion_n_zeroed"]
+        assert torch.equal(subject.module("conv3").bias, before["features.6.bias"])
+        assert torch.equal(subject.module("conv4").weight, before["features.8.weight"])
+        pattern = weight.eq(0).clone()
+    with lesions.synapse_knockout(subject, "conv3", fraction, seed=4):
+        assert torch.equal(weight.eq(0), pattern)
+    _assert_identical(subject, before)
+
+
+def test_synapse_knockout_units_bias_seed_and_exception():
+    subject = nc.VirtualSubject(Tiny(), preprocessing=IDENTITY, name="tiny")
+    before = _state(subject)
+    with pytest.raises(RuntimeError, match="boom"):
+        with lesions.synapse_knockout(subject, "conv2", 1.0, units=[1], include_bias=True):
+            w = subject.module("conv2").weight
+            assert torch.all(w[1] == 0) and torch.equal(w[0], before["conv2.weight"][0])
+            assert subject.module("conv2").bias[1] == 0
+            raise RuntimeError("boom")
+    _assert_identical(subject, before)
+    big = nc.VirtualSubject("alexnet", weights=None, seed=0)
+    masks = []
+    for seed in (0, 1):
+        with lesions.synapse_knockout(big, "conv3", 0.5, seed=seed):
+            masks.append(big.module("conv3").weight.eq(0).clone())
+    assert not torch.equal(masks[0], masks[1])
+
+
+@pytest.mark.slow
+def test_synapse_knockout_of_a_block_pools_its_convolutions(lite0):
+    before = _state(lite0)
+    block = lite0.module("stage4")
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    total = sum(m.weight.numel() for m in convs)
+    with lesions.synapse_knockout(lite0, "stage4", 0.25, seed=0) as les:
+        zero = sum(int(m.weight.eq(0).sum()) for m in convs)
+        assert les.attrs()["lesion_n_weights"] == total
+        assert zero >= round(0.25 * total)
+    _assert_identical(lite0, before)
+
+
+# ------------------------------------------------------------------ TMS and sham
+def test_tms_noise_sd_matches_amplitude(tiny, toy):
+    before = _state(tiny)
+    acts = tiny.activations(toy, "conv1", progress=False).values
+    sd = acts.transpose(1, 0, 2, 3).reshape(3, -1).std(1, ddof=1)
+    x = tiny.preprocess(toy)
+    intact = tiny.forward_layers(x, ["conv1"])["conv1"]
+    les = lesions.tms(tiny, "conv1", [0, 2], amplitude=2.0, stimuli=toy, seed=5)
+    np.testing.assert_allclose(les.sd, sd, rtol=1e-5)
+    with les:
+        noisy = tiny.forward_layers(x, ["conv1"])["conv1"]
+    diff = (noisy - intact).transpose(0, 1).reshape(3, -1)
+    assert torch.all(diff[1] == 0)
+    for c in (0, 2):
+        assert float(diff[c].std()) == pytest.approx(2.0 * sd[c], rel=0.05)
+    with les:
+        again = tiny.forward_layers(x, ["conv1"])["conv1"]
+    assert torch.equal(again, noisy)  # reseeded on entry
+    with lesions.tms(tiny, "conv1", [0, 2], amplitude=2.0, sd=sd, seed=6):
+        other = tiny.forward_layers(x, ["conv1"])["conv1"]
+    assert not torch.equal(other, noisy)
+    _assert_identical(tiny, before)
+    with pytest.raises(InvalidDataError, match="exactly one"):
+        lesions.tms(tiny, "conv1", [0])
+    with pytest.raises(InvalidDataError, match="amplitude"):
+        lesions.tms(tiny, "conv1", [0], amplitude=-1, sd=sd)
+
+
+def test_sham_and_random_units_exclude_selected(tiny):
+    units = lesions.random_units(40, 100, exclude=range(50), seed=0)
+    assert units.size == 40 and units.min() >= 50 and np.unique(units).size == 40
+    assert np.array_equal(units, lesions.random_units(40, 100, exclude=range(50), seed=0))
+    with pytest.raises(InvalidDataError, match="left"):
+        lesions.random_units(60, 100, exclude=range(50))
+    les = lesions.sham(tiny, "conv1", 2, exclude=[0], seed=3)
+    assert les.units.tolist() == [1, 2] and les.attrs()["lesion"] == "sham_knockout"
+
+
+def test_lesioned_copy_leaves_original_untouched(tiny, toy):
+    before = _state(tiny)
+    x = tiny.preprocess(toy.subset([0]))
+    copy_ = lesions.lesioned_copy(tiny, "synapse_knockout", "conv2", 1.0)
+    assert torch.all(copy_.module("conv2").weight == 0)
+    assert copy_.weights_id != tiny.weights_id
+    ko = lesions.lesioned_copy(tiny, "knockout", "conv1", [0])
+    assert torch.all(ko.forward_layers(x, ["conv1"])["conv1"][:, 0] == 0)
+    assert torch.any(tiny.forward_layers(x, ["conv1"])["conv1"][:, 0] != 0)
+    _assert_identical(tiny, before)
+
+
+@pytest.mark.slow
+def test_layer_at_resolution_picks_conv3_depth(lite0):
+    assert lesions.layer_at_resolution(lite0) == "stage4"
+    alex = nc.VirtualSubject("alexnet", weights=None, seed=0)
+    assert lesions.layer_at_resolution(alex) == "conv3"
+
+
+@pytest.mark.slow
+def test_real_model_face_channels_are_found(lite0, mirror):
+    floc = nc.load_stimuli("floc")
+    sel_set, _ = lesions.split_localizer(floc, 0.06, seed=0)
+    sel = lesions.selectivity(lite0, sel_set, "stage6", target="face")
+    chosen = lesions.select_units(sel, q=0.05)
+    assert 0 < chosen.attrs["n_selected"] < sel.sizes["channel"]
+    assert np.all(sel["t"].values[chosen.values] > 0)
