@@ -691,6 +691,9 @@ def searchlight(
             )
         grid = (affine, shape)
         volumes[str(name)] = data
+    if n_permutations and multi and len(volumes) < 2:
+        raise InvalidDataError("a sign-flip test needs at least 2 subjects; pass one subject "
+                               "(not a dict) for a stimulus-label permutation test.")
     affine, shape = grid
     offsets = sphere_offsets(affine, radius)
     mask_arr, mask_source = _mask_array(mask, shape, affine)
@@ -760,8 +763,6 @@ def searchlight(
         data_vars["correlation"] = (("layer", "voxel"), scores[0])
     if n_permutations:
         if multi:
-            if len(volumes) < 2:
-                raise InvalidDataError("a sign-flip test needs at least 2 subjects.")
             exceed, null_max = _sign_flip(np.stack(scores), n_permutations, rng, progress)
             stat = data_vars["correlation"][1]
         else:

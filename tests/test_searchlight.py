@@ -134,11 +134,14 @@ def test_matches_one_centre_at_a_time_loop(volume, rdms, small_mask, metric, met
             assert np.isnan(res["correlation"].values[:, v]).all()
 
 
-def test_batch_size_does_not_change_the_result(volume, rdms, small_mask):
+def test_batch_size_does_not_change_the_result_and_zarr_output(volume, rdms, small_mask, tmp_path):
+    import neurocnn as nc
+
     kw = dict(radius=6.0, stimulus_ids=volume.stimulus_ids, progress=False)
-    one = sl.searchlight(volume.img, rdms, small_mask, batch_size=5000, **kw)
+    one = sl.searchlight(volume.img, rdms, small_mask, batch_size=5000, out=tmp_path / "sl.zarr", **kw)
     many = sl.searchlight(volume.img, rdms, small_mask, batch_size=37, **kw)
     xr.testing.assert_allclose(many["correlation"], one["correlation"], atol=1e-12)
+    np.testing.assert_array_equal(nc.io.load(tmp_path / "sl.zarr")["correlation"].values, one["correlation"].values)
 
 
 def test_list_of_3d_images_and_shuffled_ids_give_the_same_map(volume, rdms, result):
@@ -253,6 +256,8 @@ def test_unknown_options_and_too_small_spheres(volume, rdms):
         sl.searchlight(volume.img, rdms, volume.mask, method="spearmann", progress=False)
     with pytest.raises(InvalidDataError, match="min_voxels"):
         sl.searchlight(volume.img, rdms, volume.mask, radius=2.0, min_voxels=50, progress=False)
+    with pytest.raises(InvalidDataError, match="2 subjects"):
+        sl.searchlight({"only": volume.img}, rdms, volume.mask, n_permutations=10, progress=False)
 
 
 def test_default_mni_mask_used_for_mni_data(volume, rdms):
@@ -283,7 +288,7 @@ def test_result_round_trips_netcdf(result, tmp_path):
     assert list(np.ravel(back.attrs["shape"])) == list(result.attrs["shape"])
 
 
-@pytest.mark.parametrize("kind", ["stat_map", "glass_brain"])
+@pytest.mark.parametrize("kind", ["stat_map", "glass_brain", "slices"])
 def test_plot_writes_png(result, tmp_path, kind):
     import matplotlib.pyplot as plt
 
