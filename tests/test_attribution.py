@@ -16,6 +16,15 @@ from neurocnn.exceptions import InvalidDataError, StimulusError, UnknownNameErro
 IDENTITY = nc.Preprocessing(resize=None, crop=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """On the shared 2-core CPU, 2 intra-op threads make backward passes many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tiny(activation: nn.Module, scale: float = 1.0) -> nn.Module:
     """1x1 convs: h0 = act(s(r - b)), h1 = act(s(b - r)); z = h0 - 2 h1 (per pixel)."""
     net = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), activation, nn.Conv2d(2, 1, 1, bias=False))

@@ -25,6 +25,15 @@ def _red_minus_blue() -> nn.Module:
     return net
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """On the shared 2-core CPU, 2 intra-op threads make depthwise-conv backward ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def tiny():
     return nc.VirtualSubject(_red_minus_blue(), preprocessing=IDENTITY, name="tiny")
@@ -247,13 +256,13 @@ def test_lite0_maximization_beats_dataset_top_example(lite0, faces92, capsys):
     layer, channel = "stage4", 7
     top = vis.top_examples(lite0, faces92, layer, channel, k=1, progress=False)
     best_data = float(top["activation"][0])
-    res = vis.maximize_activation(lite0, layer, channel, objective="max", steps=24, lr=0.1, progress=False, seed=0)
+    res = vis.maximize_activation(lite0, layer, channel, objective="max", steps=64, lr=0.1, progress=False, seed=0)
     synth = lite0.activations(res["image"].values[None], layer, progress=False)[0, channel]
     assert float(synth.max()) == pytest.approx(res.attrs["final_activation"], rel=1e-3)
     with capsys.disabled():
         print(f"\n[{layer} ch {channel}] dataset top example max = {best_data:.2f}; "
               f"maximized image max = {float(synth.max()):.2f} (start {res.attrs['initial_activation']:.2f})")
-    assert float(synth.max()) > 2 * best_data
+    assert float(synth.max()) > 2 * best_data > 0
 
 
 @pytest.mark.slow
@@ -261,8 +270,8 @@ def test_lite0_class_maximization_is_classified_as_target(lite0, capsys):
     res = vis.maximize_activation(lite0, class_name="Siamese cat", steps=96, lr=0.05, progress=False, seed=0)
     pred = lite0.classify(res["image"].values[None], top_k=3)
     with capsys.disabled():
-        print(f"\nclass-max 'Siamese cat': top-3 {list(pred['class_name'].values[0])} "
-              f"p={list(np.round(pred['probability'].values[0], 3))}")
+        top3 = [f"{c} ({p:.3f})" for c, p in zip(pred["class_name"].values[0], pred["probability"].values[0])]
+        print(f"\nclass-max 'Siamese cat' image classified as: {', '.join(top3)}")
     assert pred["class_name"].values[0, 0] == "Siamese cat"
 
 
