@@ -1,0 +1,218 @@
+"""Tests of neurocnn.tasks: pair task, readout, lesioned evaluation, interaction test, sweeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+import neurocnn as nc
+from neurocnn import lesions, tasks
+from neurocnn.exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
+
+IDENTITY = nc.Preprocessing(resize=None, crop=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flat(self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))))
+
+
+@pytest.fixture(scope="module")
+def small() -> nc.VirtualSubject:
+    return nc.VirtualSubject(Small(), preprocessing=IDENTITY, name="small")
+
+
+@pytest.fixture(scope="module")
+def images() -> nc.StimulusSet:
+    rng = np.random.default_rng(0)
+    n = 16
+    base = rng.uniform(0, 1, (2 * n, 4, 4))
+    imgs = np.kron(base, np.ones((4, 4)))[..., None].repeat(3, -1)
+    category = ["face"] * n + ["house"] * n
+    return nc.StimulusSet(imgs.astype(np.float32), metadata={"category": category}, name="toy")
+
+
+@pytest.fixture(scope="module")
+def task(images) -> tasks.PairTask:
+    return tasks.make_pair_task(images, ("face", "house"), n_train=80, n_test=40, view_size=16, seed=1)
+
+
+@pytest.fixture(scope="module")
+def readout(small, task) -> tasks.Readout:
+    return tasks.fit_readout(small, task, "conv2", seed=0)
+
+
+def _state(subject):
+    return {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
+
+
+def test_pair_task_has_exact_counts_and_disjoint_images(task, images):
+    pairs, views = task.pairs, task.views
+    for split, n in (("train", 80), ("test", 40)):
+        for cat in ("face", "house"):
+            sel = (pairs["split"] == split) & (pairs["category"] == cat)
+            assert int(sel.sum()) == n // 2
+            assert int((sel & (pairs["same"] == 1)).sum()) == n // 4
+    img_a = views["image"].values[pairs["view_a"].values]
+    img_b = views["image"].values[pairs["view_b"].values]
+    same = pairs["same"].values == 1
+    assert np.all(img_a[same] == img_b[same]) and np.all(img_a[~same] != img_b[~same])
+    assert np.all(pairs["view_a"].values != pairs["view_b"].values)
+    train_imgs = set(img_a[pairs["split"].values == "train"]) | set(img_b[pairs["split"].values == "train"])
+    test_imgs = set(img_a[pairs["split"].values == "test"]) | set(img_b[pairs["split"].values == "test"])
+    assert not train_imgs & test_imgs
+    keys = {tuple(sorted(p)) for p in zip(pairs["view_a"].values, pairs["view_b"].values)}
+    assert len(keys) == pairs.sizes["pair"]  # no pair twice
+    again = tasks.make_pair_task(images, ("face", "house"), n_train=80, n_test=40, view_size=16, seed=1)
+    xr.testing.assert_identical(again.pairs, task.pairs)
+    other = tasks.make_pair_task(images, ("face", "house"), n_train=80, n_test=40, view_size=16, seed=2)
+    assert not other.pairs.equals(task.pairs)
+
+
+def test_pair_task_bad_input(images):
+    with pytest.raises(StimulusError, match="car"):
+        tasks.make_pair_task(images, ("face", "car"), n_train=80, n_test=40)
+    with pytest.raises(InvalidDataError, match="divisible"):
+        tasks.make_pair_task(images, ("face", "house"), n_train=81, n_test=40)
+    with pytest.raises(InvalidDataError, match="fraction"):
+        tasks.make_pair_task(images, ("face", "house"), n_train=80, n_test=40, test_fraction=1.5)
+    with pytest.raises(InvalidDataError, match="cannot make"):
+        tasks.make_pair_task(images, ("face", "house"), n_train=40000, n_test=40)
+
+
+def test_render_views_are_deterministic_augmentations(task):
+    a = tasks.render_views(task, [0, 1, 2])
+    assert a.shape == (3, 3, 16, 16) and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, tasks.render_views(task, [0, 1, 2]))
+    assert not torch.equal(a[0], a[1])
+
+
+def test_readout_learns_the_toy_task_and_evaluate_reports_cis(small, task, readout):
+    res = tasks.evaluate(small, task, readout, seed=3)
+    assert res.sizes == {"category": 2, "pair": 40}
+    assert res.attrs["overall_accuracy"] == pytest.approx(res["correct"].values.mean())
+    assert np.all(res["ci_low"] <= res["accuracy"]) and np.all(res["accuracy"] <= res["ci_high"])
+    assert res.attrs["lesion"] == "none" and res.attrs["seed"] == 3
+    np.testing.assert_allclose(res["accuracy"].values, [res["correct"].values[res["pair_category"].values == c].mean() for c in ("face", "house")])
+    assert res["ci_low"].equals(tasks.evaluate(small, task, readout, seed=3)["ci_low"])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: lesions.knockout(s, "conv2", [0, 3, 5]),
+        lambda s: lesions.knockout(s, "conv1", [1]),
+        lambda s: lesions.synapse_knockout(s, "conv2", 0.5, seed=2),
+        lambda s: lesions.knockout(s, "relu1", [0, 1, 2, 3, 4, 5, 6]),
+    ],
+)
+def test_partial_recompute_equals_full_forward(small, task, readout, make):
+    before = _state(small)
+    engine = readout._engine
+    with make(small):
+        partial = engine.outputs(small)
+        images = engine.images
+        full = tasks._pool(small.forward_layers(images, ["conv2"])["conv2"])
+    np.testing.assert_allclose(partial, full, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(partial, engine.intact)
+    for k, v in small.model.state_dict().items():
+        assert torch.equal(v, before[k])
+    np.testing.assert_array_equal(engine.outputs(small), engine.intact)
+
+
+def test_lesion_after_readout_layer_changes_nothing(small, task, readout):
+    with lesions.knockout(small, "fc", [0]):
+        np.testing.assert_array_equal(readout._engine.outputs(small), readout._engine.intact)
+
+
+def test_evaluate_detects_foreign_weight_changes(small, task, readout):
+    with torch.no_grad():
+        small.model.fc.weight[0, 0] += 1
+    try:
+        with pytest.raises(InvalidDataError, match="weights changed"):
+            tasks.evaluate(small, task, readout)
+    finally:
+        with torch.no_grad():
+            small.model.fc.weight[0, 0] -= 1
+
+
+def _fake(correct: np.ndarray, category: np.ndarray, name: str) -> xr.Dataset:
+    cats = ["face", "house"]
+    return xr.Dataset(
+        {"correct": ("pair", correct), "accuracy": ("category", [correct[category == c].mean() for c in cats])},
+        coords={"pair": np.arange(correct.size), "pair_category": ("pair", category), "category": cats},
+        attrs={"lesion": name},
+    )
+
+
+def test_interaction_test_against_hand_computed_2x2():
+    rng = np.random.default_rng(0)
+    category = np.repeat(["face", "house"], 100)
+    a = (rng.uniform(size=200) < np.where(category == "face", 0.6, 0.9)).astype(int)  # face KO
+    b = (rng.uniform(size=200) < np.where(category == "face", 0.9, 0.6)).astype(int)  # place KO
+    res = tasks.interaction_test(_fake(a, category, "face_ko"), _fake(b, category, "place_ko"), n_perm=2000, seed=0)
+    f = category == "face"
+    dod = (b[f].mean() - a[f].mean()) - (b[~f].mean() - a[~f].mean())
+    assert float(res["dod"]) == pytest.approx(dod)
+    assert float(res["dod_ci_low"]) < dod < float(res["dod_ci_high"])
+    assert float(res["p_permutation"]) < 0.01 and float(res["p_logit"]) < 0.01
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    cells = [(b, ~f), (b, f), (a, ~f), (a, f)]
+    expected = logit(b[f].mean()) - logit(b[~f].mean()) - logit(a[f].mean()) + logit(a[~f].mean())
+    se = np.sqrt(sum(1 / (m.sum() * c[m].mean() * (1 - c[m].mean())) for c, m in cells))
+    assert float(res["logit_interaction"]) == pytest.approx(expected, rel=1e-6)
+    assert float(res["logit_z"]) == pytest.approx(expected / se, rel=1e-6)
+    null = tasks.interaction_test(_fake(a, category, "x"), _fake(a, category, "y"), n_perm=500)
+    assert float(null["dod"]) == 0 and float(null["p_permutation"]) == 1.0
+    with pytest.raises(ShapeMismatchError):
+        tasks.interaction_test(_fake(a, category, "x"), _fake(a, category[::-1], "y"))
+
+
+def test_ko_sweep_classification_and_pairs(small, task, readout, images):
+    before = _state(small)
+    sweep = tasks.ko_sweep(small, images, ["conv1", "conv2"], [0.0, 0.5, 1.0], n_repeats=2, seed=0)
+    assert sweep.dims == ("kind", "layer", "fraction", "repeat") and sweep.shape == (2, 2, 3, 2)
+    np.testing.assert_array_equal(sweep.sel(fraction=0.0).values, 1.0)
+    x = small.preprocess(images)
+    with torch.no_grad():
+        top1 = small.model(x).argmax(1)
+        h = small.model.relu2(small.model.conv2(torch.zeros(x.shape[0], 8, 16, 16)))  # conv1 all knocked out
+        dead = small.model.fc(small.model.flat(small.model.pool(h))).argmax(1)
+    expected = float((dead == top1).float().mean())
+    np.testing.assert_allclose(sweep.sel(kind="node", layer="conv1", fraction=1.0).values, expected)
+    pairs = tasks.ko_sweep(small, task, ["conv2"], [0.0, 1.0], readout=readout, kinds=("synapse",))
+    intact = tasks.evaluate(small, task, readout).attrs["overall_accuracy"]
+    assert float(pairs.sel(fraction=0.0).item()) == pytest.approx(intact)
+    for k, v in small.model.state_dict().items():
+        assert torch.equal(v, before[k])
+    fig = tasks.plot_sweep(sweep)
+    assert len(fig.axes) == 2
+    with pytest.raises(InvalidDataError, match=r"\[0, 1\]"):
+        tasks.ko_sweep(small, images, ["conv1"], [1.5])
+    with pytest.raises(UnknownNameError, match="node"):
+        tasks.ko_sweep(small, images, ["conv1"], [0.5], kinds=("nodes",))
+    with pytest.raises(InvalidDataError, match="readout"):
+        tasks.ko_sweep(small, task, ["conv1"], [0.5])
+
+
+@pytest.mark.slow
+def test_readout_beats_chance_on_pretrained_lite0(lite0, mirror):
+    floc = nc.load_stimuli("floc")
+    task = tasks.make_pair_task(floc, ("face", "house"), n_train=160, n_test=80, seed=0)
+    readout = tasks.fit_readout(lite0, task)
+    res = tasks.evaluate(lite0, task, readout)
+    assert res.attrs["overall_accuracy"] > 0.7
