@@ -239,9 +239,12 @@ def _input_hw(subject: VirtualSubject, input_size: int | tuple[int, int] | None)
 
 
 def _geometries(
-    subject: VirtualSubject, layers: Sequence[str], hw: tuple[int, int]
+    subject: VirtualSubject, layers: Sequence[str], hw: tuple[int, int], *, skip_flat: bool = False
 ) -> dict[str, tuple[_Geometry, tuple[int, int]]]:
-    """Geometry and output map size of each layer, from one probe forward pass."""
+    """Geometry and output map size of each layer, from one probe forward pass.
+
+    With ``skip_flat``, layers without a spatial output are left out instead of refused.
+    """
     param = next(subject.model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     probe = torch.zeros(1, 3, *hw, device=subject.device, dtype=dtype, requires_grad=True)
@@ -250,6 +253,8 @@ def _geometries(
         outputs = subject.forward_layers(probe, layers, grad=True)
     result = {}
     for layer, out in outputs.items():
+        if out.ndim != 4 and skip_flat:
+            continue
         if out.ndim != 4:
             raise ShapeMismatchError(
                 f"Layer {layer!r} has output shape {tuple(out.shape)}; receptive fields need a "
@@ -306,13 +311,11 @@ def theoretical_rf(
     array([ 11, 195])
     """
     hw = _input_hw(subject, input_size)
-    if layers is None:
-        names = [name for name in subject.default_layers if _is_spatial(subject, name, hw)]
-    else:
-        names = [layers] if isinstance(layers, str) else list(layers)
+    names = [layers] if isinstance(layers, str) else list(layers or subject.default_layers)
     if not names:
         raise UnknownNameError("Give at least one spatial layer.")
-    geoms = _geometries(subject, names, hw)
+    geoms = _geometries(subject, names, hw, skip_flat=layers is None)
+    names = [name for name in names if name in geoms]
     fields = {
         "size": lambda a, n: a.size,
         "stride": lambda a, n: a.jump,
@@ -336,12 +339,6 @@ def theoretical_rf(
             "neurocnn_version": version(),
         },
     )
-
-
-def _is_spatial(subject: VirtualSubject, layer: str, hw: tuple[int, int]) -> bool:
-    with torch.inference_mode():
-        probe = torch.zeros(1, 3, *hw, device=subject.device)
-        return subject.forward_layers(probe, [layer])[layer].ndim == 4
 
 
 class RFBox(NamedTuple):
