@@ -54,6 +54,28 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rsa(args: argparse.Namespace) -> int:
+    from .experiments import run_layers_vs_hit
+    from .subject import VirtualSubject
+
+    subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
+    result = run_layers_vs_hit(
+        subject, args.out, n_bootstrap=args.n_bootstrap, seed=args.seed, layers=args.layers or None,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    r = result.sel(method="tau_a")
+    lower, upper = (float(r.noise_ceiling.sel(bound=b)) for b in ("lower", "upper"))
+    sys.stdout.write(f"Kendall tau-a with human IT (noise ceiling {lower:.3f} - {upper:.3f})\n")
+    for layer in r.layer.values:
+        row = r.sel(layer=layer)
+        sys.stdout.write(
+            f"  {layer:10s} {float(row.observed):6.3f}  [{float(row.ci_lower):6.3f}, {float(row.ci_upper):6.3f}]"
+            f"  p(below lower ceiling) = {float(row.p_layer_vs_lower_ceiling):.3f}\n"
+        )
+    sys.stdout.write(f"wrote {args.out}\n")
+    return 0
+
+
 def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "efficientnet_lite0") -> None:
     parser.add_argument("--model", default=default_model, help="architecture (see `neurocnn models`)")
     parser.add_argument("--weights", default="pretrained", help="state-dict file (default: registered weights)")
@@ -78,6 +100,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="*", help="layer names or aliases (default: the model's default layers)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", type=Path, required=True, help="output .zarr directory")
+
+    for name, help_text in (
+        ("rsa", "layer RDMs vs human IT fMRI RDMs on the 92 images (tau-a, Spearman, noise ceiling)"),
+        ("demo", "the main demo: `rsa` with the embedded pretrained EfficientNet-Lite0"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        _add_subject_args(p)
+        p.add_argument("--layers", nargs="*", help="layer names or aliases (default: the model's default layers)")
+        p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap samples (stimuli and subjects)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", type=Path, default=Path("out") / name, help="output folder")
     return parser
 
 
@@ -85,6 +118,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": _cmd_models,
     "layers": _cmd_layers,
     "extract": _cmd_extract,
+    "rsa": _cmd_rsa,
+    "demo": _cmd_rsa,
 }
 
 
