@@ -258,6 +258,7 @@ def top_examples(
     *,
     bottom: bool = False,
     unit: tuple[int, int] | None = None,
+    activations: xr.DataArray | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> xr.Dataset:
@@ -288,6 +289,9 @@ def top_examples(
         Return the K most negative examples instead.
     unit : (int, int), optional
         A fixed position (y, x) in the channel's map.
+    activations : xarray.DataArray, optional
+        The layer's activations for ``stimuli`` from :meth:`VirtualSubject.activations`
+        (reused instead of a new forward pass when ranking many units).
     batch_size : int
         Images per forward pass.
     progress : bool
@@ -307,6 +311,8 @@ def top_examples(
     InvalidDataError
         ``k`` not a positive integer, or larger than the number of stimuli; a unit
         outside the map or on a vector layer.
+    ShapeMismatchError
+        ``activations`` are not those of ``layer`` for ``stimuli``.
 
     Examples
     --------
@@ -317,7 +323,17 @@ def top_examples(
     stim = load_stimuli(stimuli)
     if k > len(stim):
         raise InvalidDataError(f"k={k} is larger than the {len(stim)} stimuli.")
-    acts = subject.activations(stim, layer, batch_size=batch_size, progress=progress)
+    if activations is None:
+        acts = subject.activations(stim, layer, batch_size=batch_size, progress=progress)
+    else:
+        acts = activations
+        same_ids = acts.sizes.get("stimulus") == len(stim) and np.array_equal(acts["stimulus"].values, stim.ids)
+        if not same_ids or acts.attrs.get("layer") != subject.resolve_layer(layer):
+            raise ShapeMismatchError(
+                f"The activations given are of layer {acts.attrs.get('layer')!r} for "
+                f"{acts.sizes.get('stimulus')} stimuli; top_examples needs layer "
+                f"{subject.resolve_layer(layer)!r} for the {len(stim)} stimuli given, in the same order."
+            )
     n_channels = acts.sizes[acts.dims[1]]
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < n_channels:
         raise UnknownNameError(f"channel {channel!r} does not exist in layer {layer!r}: valid are 0..{n_channels - 1}.")

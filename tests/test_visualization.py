@@ -108,6 +108,13 @@ def test_top_and_bottom_examples_with_rf_crops(tiny):
     fixed = vis.top_examples(tiny, images, "2", 0, k=6, unit=(2, 5), progress=False)
     np.testing.assert_allclose(np.sort(fixed["activation"].values)[::-1], np.sort(acts[:, 2, 5])[::-1], rtol=1e-5)
     np.testing.assert_allclose(fixed["crop"][0], images[int(fixed["stimulus_index"][0]), 2:5, 5:8], atol=1e-6)
+    precomputed = tiny.activations(images, "2", progress=False)
+    reused = vis.top_examples(tiny, images, "2", 0, k=3, activations=precomputed, progress=False)
+    np.testing.assert_array_equal(reused["crop"].values, top["crop"].values)
+    with pytest.raises(ShapeMismatchError, match="layer '2'"):
+        vis.top_examples(tiny, images, "2", 0, k=3, activations=tiny.activations(images, "0", progress=False))
+    with pytest.raises(ShapeMismatchError, match="6 stimuli"):
+        vis.top_examples(tiny, images, "2", 0, k=3, activations=precomputed.isel(stimulus=slice(0, 5)))
     with pytest.raises(InvalidDataError, match="larger than"):
         vis.top_examples(tiny, images, "2", 0, k=7, progress=False)
     with pytest.raises(UnknownNameError, match="channel"):
