@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_finite, check_option, check_positive_int
-from .attribution import Target, as_stimuli, input_size, layer_shape, resolve_target
+from .attribution import _REDUCE, Target, as_stimuli, input_size, layer_shape, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .plotting import image_grid
 from .stimuli import load_stimuli
@@ -632,7 +632,7 @@ def maximize_activation(
     """
     check_positive_int("steps", steps)
     check_option("parameterization", parameterization, _PARAMETERIZATIONS)
-    check_option("objective", objective, ("mean", "max", "sum", "l2"))
+    check_option("objective", objective, _REDUCE)
     lr = _check_nonnegative("lr", lr)
     settings = {
         "l2_decay": _check_nonnegative("l2_decay", l2_decay),
@@ -787,7 +787,7 @@ def deep_dream(
     """
     check_positive_int("octaves", octaves)
     check_positive_int("steps_per_octave", steps_per_octave)
-    check_option("objective", objective, ("mean", "max", "sum", "l2"))
+    check_option("objective", objective, _REDUCE)
     lr = _check_nonnegative("lr", lr)
     if not math.isfinite(octave_scale) or octave_scale <= 1:
         raise InvalidDataError(f"octave_scale must be > 1, got {octave_scale}.")
@@ -808,8 +808,7 @@ def deep_dream(
 
     def value(img: torch.Tensor) -> torch.Tensor:
         out = subject.forward_layers(subject.preprocessing.normalize(img), [dotted], grad=True)[dotted]
-        return {"mean": torch.mean, "max": torch.amax, "sum": torch.sum,
-                "l2": lambda t: t.pow(2).mean()}[objective](out[:, index])
+        return _REDUCE[objective](out[:, index]).sum()
 
     run_device = _on_device(subject, device)
     sizes = [
