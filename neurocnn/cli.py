@@ -63,7 +63,7 @@ def _cmd_rsa(args: argparse.Namespace) -> int:
         subject, args.out, n_bootstrap=args.n_bootstrap, seed=args.seed, layers=args.layers or None,
         overwrite=args.overwrite, progress=not args.no_progress,
     )
-    r = result.sel(method="tau_a")
+    r = result.sel(comparison="tau_a")
     lower, upper = (float(r.noise_ceiling.sel(bound=b)) for b in ("lower", "upper"))
     sys.stdout.write(f"Kendall tau-a with human IT (noise ceiling {lower:.3f} - {upper:.3f})\n")
     for layer in r.layer.values:

@@ -73,7 +73,7 @@ def layers_vs_brain(
     -------
     xarray.Dataset
         ``layer_rdm`` (layer, stimulus, stimulus2), ``brain_rdm`` (subject, stimulus,
-        stimulus2) and, with a ``method`` dim, the bootstrap summaries of
+        stimulus2) and, with a ``comparison`` dim (the comparison methods), the bootstrap summaries of
         :func:`neurocnn.rdm.bootstrap_rdm_comparison` (``observed``, ``mean``, ``sd``,
         ``ci_lower``, ``ci_upper``, ``noise_ceiling``, ``p_layer_vs_lower_ceiling``,
         ``p_layer_vs_layer``, ...). attrs: provenance of the network and the analysis.
@@ -91,7 +91,7 @@ def layers_vs_brain(
             seed=seed, progress=progress,
         )
         results.append(boot.drop_vars(["evaluation", "noise_ceiling_samples"], errors="ignore"))
-    stats = xr.concat(results, dim=xr.DataArray(list(methods), dims="method", name="method"))
+    stats = xr.concat(results, dim=xr.DataArray(list(methods), dims="comparison", name="comparison"))
     out = stats.assign(
         layer_rdm=layer_rdms.drop_vars([c for c in layer_rdms.coords if c not in layer_rdms.dims], errors="ignore"),
         brain_rdm=subject_rdms.drop_vars([c for c in subject_rdms.coords if c not in subject_rdms.dims], errors="ignore"),
@@ -127,7 +127,7 @@ def plot_layers_vs_brain(result: xr.Dataset, method: str = "tau_a", *, ax=None):
     """
     import matplotlib.pyplot as plt
 
-    r = result.sel(method=method)
+    r = result.sel(comparison=method)
     layers = [str(v) for v in r.layer.values]
     x = np.arange(len(layers))
     if ax is None:

@@ -32,7 +32,7 @@ def test_round_trip(tmp_path, suffix):
 def test_never_overwrites_unless_asked(tmp_path):
     path = io.save(_result(), tmp_path / "r.nc")
     before = path.read_bytes()
-    with pytest.raises(OverwriteError, match="overwrite=True"):
+    with pytest.raises(OverwriteError, match=r"overwrite=True"):
         io.save(_result() * 2, path)
     assert path.read_bytes() == before
     io.save(_result() * 2, path, overwrite=True)
