@@ -49,6 +49,7 @@ __all__ = [
     "knockout",
     "synapse_knockout",
     "tms",
+    "activation_sd",
     "sham",
     "lesioned_copy",
     "active_lesions",
@@ -157,6 +158,7 @@ def selectivity(
     level: Level = "channel",
     batch_size: int = 32,
     progress: bool = False,
+    activations: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """Measure how selective each channel (or unit) of a layer is for one stimulus class.
 
@@ -180,6 +182,9 @@ def selectivity(
     level : {"channel", "unit"}
     batch_size : int
     progress : bool
+    activations : xarray.DataArray, optional
+        The layer's activations for ``stimuli`` (same order), if already computed;
+        saves the forward passes when several contrasts use one localizer.
 
     Returns
     -------
@@ -209,8 +214,13 @@ def selectivity(
     labels = _labels(stim, by, [target, *against])
     is_target = labels == target
     is_against = np.isin(labels, against)
-    used = stim.subset(np.flatnonzero(is_target | is_against))
-    act = subject.activations(used, layer, batch_size=batch_size, progress=progress)
+    keep = np.flatnonzero(is_target | is_against)
+    if activations is None:
+        act = subject.activations(stim.subset(keep), layer, batch_size=batch_size, progress=progress)
+    else:
+        if activations.sizes["stimulus"] != len(stim):
+            raise StimulusError(f"activations have {activations.sizes['stimulus']} stimuli; the stimulus set has {len(stim)}.")
+        act = activations.isel(stimulus=keep)
     resp, unit_coords = _responses(act, level)
     tmask = is_target[is_target | is_against]
     a, b = resp[tmask], resp[~tmask]
@@ -620,13 +630,22 @@ def tms(
     if (sd is None) == (stimuli is None):
         raise InvalidDataError("Give exactly one of sd (activation SD per unit) or stimuli (to estimate it).")
     if sd is None:
-        act = subject.activations(stimuli, layer, batch_size=batch_size, progress=False).values
-        values = np.moveaxis(act, 1, 0).reshape(act.shape[1], -1) if level == "channel" else act.reshape(act.shape[0], -1).T
-        sd = values.astype(np.float64).std(axis=1, ddof=1)
+        sd = activation_sd(subject.activations(stimuli, layer, batch_size=batch_size, progress=False), level)
     sd = check_finite("sd", np.asarray(sd, dtype=np.float64))
     if sd.shape != (size,):
         raise InvalidDataError(f"sd has shape {sd.shape}; the layer has {size} {level}s.")
     return _TMS(subject, layer, units, level, seed, amplitude, sd)
+
+
+def activation_sd(activations: xr.DataArray, level: Level = "channel") -> np.ndarray:
+    """SD of each channel (over images and positions) or unit (over images) of a layer's activations.
+
+    The ``sd`` argument of :func:`tms`.
+    """
+    check_option("level", level, _LEVELS)
+    act = np.asarray(activations.values, dtype=np.float64)
+    values = np.moveaxis(act, 1, 0).reshape(act.shape[1], -1) if level == "channel" else act.reshape(act.shape[0], -1).T
+    return values.std(axis=1, ddof=1)
 
 
 class _SynapseKnockout(Lesion):

@@ -1,0 +1,60 @@
+"""Cheney-style knockout sweeps: accuracy vs fraction knocked out, per layer, node vs synapse KO.
+
+Two measures in one run: the face/house same/different pair task (readout fit on
+the intact network) and top-1 agreement with the intact network on the 92-image set
+(ground-truth ImageNet labels do not exist for those objects, so agreement with the
+intact network's own top-1 is the classification measure). Writes ``ko_sweeps.nc``
+and ``ko_sweeps.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import xarray as xr
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import neurocnn as nc  # noqa: E402
+from _common import make_parser, make_subject, output_dir  # noqa: E402
+from neurocnn import tasks  # noqa: E402
+
+SIZES = {  # (fractions, n_train, n_test, n_repeats, layers: positions in default_layers)
+    "full": ((0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 800, 160, 2, (1, 3, 4, 6, 8)),
+    "quick": ((0.0, 0.5, 1.0), 80, 40, 1, (3, 8)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser("ko_sweeps", __doc__.splitlines()[0])
+    parser.add_argument("--layers", nargs="*", default=None, help="layers to sweep (default: spread over default_layers)")
+    args = parser.parse_args(argv)
+    out = output_dir(args)
+    t0 = time.time()
+    fractions, n_train, n_test, n_repeats, positions = SIZES["quick" if args.quick else "full"]
+    subject = make_subject(args)
+    defaults = subject.default_layers
+    layers = args.layers or [defaults[min(p, len(defaults) - 2)] for p in positions]
+    floc = nc.load_stimuli("floc")
+    task = tasks.make_pair_task(floc, ("face", "house"), n_train=n_train, n_test=n_test, seed=args.seed)
+    readout = tasks.fit_readout(subject, task, seed=args.seed, progress=args.progress)
+    pairs = tasks.ko_sweep(subject, task, layers, fractions, readout=readout, seed=args.seed, n_repeats=n_repeats, progress=args.progress)
+    stim = nc.load_stimuli("92images")
+    if args.quick:
+        stim = stim.subset(range(0, 92, 4))
+    classification = tasks.ko_sweep(subject, stim, layers, fractions, seed=args.seed, n_repeats=n_repeats, progress=args.progress)
+    ds = xr.Dataset({"pair_accuracy": pairs, "top1_agreement": classification.drop_vars("layer_dotted")})
+    ds.attrs = {"model": subject.name, "weights_sha256": subject.weights_id, "seed": args.seed,
+                "n_train_pairs": n_train, "n_test_pairs": n_test, "runtime_s": round(time.time() - t0, 1)}
+    nc.io.save(ds, out / "ko_sweeps.nc", overwrite=args.overwrite)
+    fig = tasks.plot_sweep(ds, title=f"{subject.name}: node vs synapse knockout")
+    nc.plotting.save_figure(fig, out / "ko_sweeps.png", overwrite=args.overwrite)
+    print(ds.mean("repeat").to_dataframe().round(3).to_string())
+    print(f"{time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
