@@ -14,8 +14,9 @@ each unit's top-K images are occluded by a sliding patch; the drop of the unit's
 activation at its original argmax location is the discrepancy map; maps are
 re-centred on the theoretical RF centre of the argmax unit and averaged. Occluded
 images are built as tensors in large batches (no Python loop over window positions),
-the forward pass stops at the requested layer, and units whose top images coincide
-share forward passes.
+the forward pass stops at the requested layer, units whose top images coincide share
+forward passes, and occluders that miss the theoretical RF of every unit asked of an
+image are not run (their discrepancy is exactly 0 by construction of the RF).
 """
 
 from __future__ import annotations
@@ -599,7 +600,7 @@ def empirical_rf(
         patches = subject.preprocessing.normalize(_FILLS[fill](len(top), window, subject.preprocessing.mean, seed))
         maps = _occlusion_maps(
             subject, stim, layer, channel_list, order, uy[order, units], ux[order, units],
-            peaks[order, units], (top, left, patches), batch_size, run_device, progress,
+            peaks[order, units], (top, left, patches), (gy, gx), batch_size, run_device, progress,
         )
     finally:
         subject.model.to(subject.device)
@@ -665,12 +666,19 @@ def _occlusion_maps(
     ux: np.ndarray,
     peaks: np.ndarray,
     occluders: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    geometry: _Geometry,
     batch_size: int,
     device: torch.device,
     progress: bool,
 ) -> np.ndarray:
-    """Discrepancy maps (unit * rank, positions); units sharing an image share its passes."""
+    """Discrepancy maps (unit * rank, positions); units sharing an image share its passes.
+
+    Occluders that miss the theoretical RF of every unit asked of an image cannot change
+    those units (exactly 0, by construction of the RF) and are not run.
+    """
     top, left, patches = occluders
+    window = patches.shape[-1]
+    gy, gx = geometry
     n_units, top_k = order.shape
     maps = np.zeros((n_units * top_k, len(top)), dtype=np.float32)
     requests: dict[int, list[int]] = {}
@@ -684,13 +692,19 @@ def _occlusion_maps(
         ch = torch.as_tensor(channels[unit_index], device=device)
         yy = torch.as_tensor(uy[unit_index, rank_index], device=device)
         xx = torch.as_tensor(ux[unit_index, rank_index], device=device)
-        for start in range(0, len(top), batch_size):
-            stop = min(start + batch_size, len(top))
-            batch = occlude(image, patches[start:stop], top[start:stop], left[start:stop])
+        y0 = torch.as_tensor(gy.start + uy[unit_index, rank_index] * gy.jump)[:, None]
+        x0 = torch.as_tensor(gx.start + ux[unit_index, rank_index] * gx.jump)[:, None]
+        hits = ((top[None] < y0 + gy.size) & (top[None] + window > y0)
+                & (left[None] < x0 + gx.size) & (left[None] + window > x0))  # (requests, positions)
+        needed = torch.nonzero(hits.any(0)).flatten()
+        for start in range(0, len(needed), batch_size):
+            index = needed[start : start + batch_size]
+            batch = occlude(image, patches[index.to(device)], top[index], left[index])
             with torch.inference_mode():
                 out = subject.forward_layers(batch, [layer])[layer]
-            values = out[:, ch, yy, xx].float().cpu().numpy()  # (batch, requests)
-            maps[flats, start:stop] = (peaks[unit_index, rank_index][:, None] - values.T)
+            values = out[:, ch, yy, xx].float().cpu().numpy().T  # (requests, batch)
+            drop = peaks[unit_index, rank_index][:, None] - values
+            maps[np.asarray(flats)[:, None], index.numpy()[None]] = np.where(hits[:, index].numpy(), drop, 0.0)
     return maps
 
 

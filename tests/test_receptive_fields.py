@@ -196,6 +196,26 @@ def test_tiny_empirical_window_dilates_support_by_window():
     np.testing.assert_allclose(d.where(~overlap).fillna(0).values, 0.0, atol=1e-5)
 
 
+def test_empirical_equals_brute_force_occlusion_everywhere():
+    """Skipped occluders (outside the RF) really change nothing: compare with every position run."""
+    subject = _tiny_subject(padding=1)
+    images = _positive_images(n=2)
+    result = empirical_rf(subject, "2", [0], images, top_k=1, window=3, stride=2, fill="mean", progress=False)
+    image = torch.as_tensor(images[int(result["stimulus"].item().split("_")[1])]).permute(2, 0, 1)
+    y, x = int(result["unit_y"].item()), int(result["unit_x"].item())
+    copies = []
+    for top in range(0, 14, 2):
+        for left in range(0, 14, 2):
+            copy_ = image.clone()
+            copy_[:, top:top + 3, left:left + 3] = 0.0
+            copies.append(copy_)
+    with torch.inference_mode():
+        acts = subject.forward_layers(torch.stack([image, *copies]), ["2"])["2"][:, 0, y, x].numpy()
+    brute = (acts[0] - acts[1:]).reshape(7, 7)
+    np.testing.assert_allclose(result["discrepancy"].values[0, 0], brute, atol=1e-5)
+    assert (brute == 0).any() and (brute > 0).any()
+
+
 def test_empirical_top_images_and_sharing():
     subject = _tiny_subject()
     images = _positive_images(n=5)

@@ -1,0 +1,98 @@
+"""Theoretical vs empirical receptive-field size per layer on the 92 images (Zhou et al. 2015).
+
+For each spatial default layer of the subject (AlexNet conv1..conv5 when its weights are
+available, else the embedded EfficientNet-Lite0's stem, stage1..stage7, head): a seeded
+random choice of channels, their top-K images among the 92, sliding-window occlusion
+(11 px, stride 3, random patches) -> discrepancy maps -> re-centred, averaged RFs ->
+RF size (side of the equal-area square above half the maximum) next to the theoretical
+size. Writes ``theoretical_rf.nc``, ``empirical_rf_<layer>.nc``, ``rf_sizes.nc``,
+``rf_sizes.png`` and ``rfs_<layer>.png`` into ``--out``.
+
+Usage: ``python analyses/receptive_fields.py --out out/receptive_fields [--quick]``
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+import neurocnn as nc  # noqa: E402
+from neurocnn.receptive_fields import (  # noqa: E402
+    empirical_rf,
+    plot_discrepancy_maps,
+    plot_rf_sizes,
+    plot_rfs,
+    rf_size_summary,
+    theoretical_rf,
+)
+
+NAME = "receptive_fields"
+#: full run: Zhou et al.'s occluder and stride; quick: a coarse grid on few units/images.
+SETTINGS = {
+    "full": {"units": 10, "top_k": 10, "images": 92, "window": 11, "stride": 3, "layers": None},
+    "quick": {"units": 1, "top_k": 1, "images": 8, "window": 11, "stride": 32, "layers": 3},
+}
+
+
+def _pick_layers(names: list[str], n: int | None) -> list[str]:
+    """All layers, or ``n`` spread evenly over the depth (first and last included)."""
+    if n is None or n >= len(names):
+        return names
+    return [names[i] for i in np.linspace(0, len(names) - 1, n).round().astype(int)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _common.make_parser(NAME, __doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    settings = SETTINGS["quick" if args.quick else "full"]
+    out = _common.output_dir(args)
+    subject = _common.make_subject(args)
+    stim = nc.load_stimuli("92images").subset(range(settings["images"]))
+
+    theory = theoretical_rf(subject)
+    layers = _pick_layers(list(theory["layer"].values), settings["layers"])
+    theory = theory.sel(layer=layers)
+    nc.save(theory, out / "theoretical_rf.nc", overwrite=args.overwrite)
+
+    probe = torch.zeros(1, 3, theory.attrs["input_height"], theory.attrs["input_width"], device=subject.device)
+    with torch.inference_mode():
+        n_channels = {name: out_.shape[1] for name, out_ in subject.forward_layers(probe, layers).items()}
+    rng = np.random.default_rng(args.seed)
+    results = []
+    for layer in layers:
+        channels = np.sort(rng.choice(n_channels[layer], size=min(settings["units"], n_channels[layer]), replace=False))
+        result = empirical_rf(
+            subject, layer, channels.tolist(), stim, top_k=settings["top_k"], window=settings["window"],
+            stride=settings["stride"], fill="random", seed=args.seed, progress=args.progress,
+        )
+        result.attrs["channel_seed"] = args.seed
+        results.append(result)
+        nc.save(result, out / f"empirical_rf_{layer}.nc", overwrite=args.overwrite)
+        nc.plotting.save_figure(plot_rfs(result), out / f"rfs_{layer}.png", overwrite=args.overwrite)
+
+    summary = rf_size_summary(results, theory)
+    nc.save(summary, out / "rf_sizes.nc", overwrite=args.overwrite)
+    nc.plotting.save_figure(plot_rf_sizes(summary), out / "rf_sizes.png", overwrite=args.overwrite)
+    nc.plotting.save_figure(plot_discrepancy_maps(results[-1], 0), out / f"discrepancy_{layers[-1]}.png",
+                            overwrite=args.overwrite)
+    for layer in layers:
+        row = summary.sel(layer=layer)
+        logging.getLogger("neurocnn.analyses").info(
+            "%s: theoretical %.0f px, empirical %.1f +- %.1f px (%d units)", layer,
+            row["theoretical_size"].item(), row["empirical_mean"].item(), row["empirical_std"].item(),
+            row["n_units"].item(),
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
