@@ -23,7 +23,7 @@ from neurocnn import tasks  # noqa: E402
 
 SIZES = {  # (fractions, n_train, n_test, n_repeats, layers: positions in default_layers)
     "full": ((0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 800, 160, 2, (1, 3, 4, 6, 8)),
-    "quick": ((0.0, 0.5, 1.0), 80, 40, 1, (3, 8)),
+    "quick": ((0.0, 0.5, 1.0), 40, 24, 1, (3, 8)),
 }
 
 

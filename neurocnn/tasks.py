@@ -646,7 +646,8 @@ def interaction_test(
     - Bootstrap CI of DoD resampling pairs within category.
     - Logistic regression ``correct ~ lesion * category`` on all 2 x n trials (IRLS,
       Wald z of the interaction; it ignores the pairing of trials, so it is the
-      less exact of the two).
+      less exact of the two). NaN when a (lesion, category) cell is at 0% or 100%
+      correct, where the logistic MLE does not exist.
 
     Returns
     -------
@@ -679,8 +680,12 @@ def interaction_test(
     lesion_b = np.r_[np.zeros(d.size), np.ones(d.size)]
     cat2 = np.r_[~is1, ~is1].astype(np.float64)
     x = np.column_stack([np.ones_like(y), lesion_b, cat2, lesion_b * cat2])
-    beta, se = _logit_fit(x, y)
-    z = beta[3] / se[3]
+    cells = [y[(lesion_b == i) & (cat2 == j)].mean() for i in (0, 1) for j in (0, 1)]
+    if all(0 < c < 1 for c in cells):
+        beta, se = _logit_fit(x, y)
+        z = beta[3] / se[3]
+    else:  # a cell at 0% or 100%: the logistic MLE does not exist (separation)
+        beta, z = np.full(4, np.nan), np.nan
     acc = np.array([[a["accuracy"].sel(category=c).item() for c in cats], [b["accuracy"].sel(category=c).item() for c in cats]])
     names = [a.attrs.get("lesion_name", a.attrs.get("lesion", "A")), b.attrs.get("lesion_name", b.attrs.get("lesion", "B"))]
     if names[0] == names[1]:
@@ -690,7 +695,7 @@ def interaction_test(
             "accuracy": (("lesion", "category"), acc),
             "dod": dod, "dod_ci_low": float(np.quantile(boot, (1 - ci) / 2)), "dod_ci_high": float(np.quantile(boot, 1 - (1 - ci) / 2)),
             "p_permutation": float(p_perm), "logit_interaction": float(-beta[3]), "logit_z": float(-z),
-            "p_logit": float(2 * scipy.stats.norm.sf(abs(z))),
+            "p_logit": float(2 * scipy.stats.norm.sf(abs(z))) if np.isfinite(z) else np.nan,
         },
         coords={"lesion": names, "category": cats},
         attrs={"seed": int(seed), "n_perm": n_perm, "n_boot": n_boot, "ci": ci,

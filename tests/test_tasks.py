@@ -216,3 +216,11 @@ def test_readout_beats_chance_on_pretrained_lite0(lite0, mirror):
     readout = tasks.fit_readout(lite0, task)
     res = tasks.evaluate(lite0, task, readout)
     assert res.attrs["overall_accuracy"] > 0.7
+
+
+def test_interaction_logit_is_nan_under_separation():
+    category = np.repeat(["face", "house"], 20)
+    a = np.ones(40, int)
+    b = np.r_[np.ones(20, int), np.zeros(10, int), np.ones(10, int)]
+    res = tasks.interaction_test(_fake(a, category, "a"), _fake(b, category, "b"), n_perm=200)
+    assert np.isnan(float(res["p_logit"])) and float(res["dod"]) == pytest.approx(0.5)
