@@ -152,14 +152,19 @@ class StimulusSet:
         return _read_image(self._paths[index])
 
     def batches(
-        self, batch_size: int, transform: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        batch_size: int,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        starts: Sequence[int] | None = None,
     ) -> "BatchIterator":
         """Iterate over ``(start, batch)`` with ``transform`` applied to each image.
 
         ``transform`` maps one (3, H, W) image to a fixed-size tensor (e.g. a
         :class:`~neurocnn.models.Preprocessing`), so images of any size can be batched.
+        ``starts`` restricts the iteration to the batches beginning at those indices.
         """
-        return BatchIterator(self, batch_size, transform)
+        return BatchIterator(self, batch_size, transform, starts)
 
     def images(self, size: int | None = None) -> xr.DataArray:
         """Return all images as uint8 xarray (stimulus, y, x, rgb), resized to ``size`` if given.
@@ -212,16 +217,21 @@ class BatchIterator:
     """Iterator over preprocessed batches of a :class:`StimulusSet` (see ``StimulusSet.batches``)."""
 
     def __init__(
-        self, stimuli: StimulusSet, batch_size: int, transform: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        stimuli: StimulusSet,
+        batch_size: int,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        starts: Sequence[int] | None = None,
     ) -> None:
         self.stimuli, self.batch_size, self.transform = stimuli, batch_size, transform
+        self.starts = list(range(0, len(stimuli), batch_size) if starts is None else starts)
 
     def __len__(self) -> int:
-        return -(-len(self.stimuli) // self.batch_size)
+        return len(self.starts)
 
     def __iter__(self):
         n = len(self.stimuli)
-        for start in range(0, n, self.batch_size):
+        for start in self.starts:
             stop = min(start + self.batch_size, n)
             yield start, torch.stack([self.transform(self.stimuli.load(i)) for i in range(start, stop)])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +23,8 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import io
 from ._validation import check_option, check_positive_int
-from .exceptions import UnknownNameError
+from .exceptions import OverwriteError, UnknownNameError
 from .models import ModelSpec, Preprocessing, get_spec, load_model, spec_from_module
 from .stimuli import StimulusSet, load_stimuli
 
@@ -307,8 +307,11 @@ class VirtualSubject:
         store : path, optional
             A zarr directory: each layer streams there batch by batch (one group per
             layer) and comes back lazily (dask-backed), so layers larger than memory work.
+            Resumable: called again with the same arguments after an interruption, it
+            computes only the batches not yet written (checked against a fingerprint of
+            model, weights, preprocessing, layers, stimulus ids and batch size).
         overwrite : bool
-            Allow replacing an existing ``store``.
+            Replace an existing ``store`` that holds a different extraction.
         progress : bool
             Show a progress bar.
 
@@ -326,7 +329,7 @@ class VirtualSubject:
         UnknownNameError
             Unknown layer (closest match suggested).
         OverwriteError
-            ``store`` exists and ``overwrite`` is False.
+            ``store`` holds a different extraction and ``overwrite`` is False.
         """
         single = isinstance(layers, str)
         names = [layers] if single else list(layers or self.default_layers)
@@ -338,23 +341,30 @@ class VirtualSubject:
         check_positive_int("batch_size", batch_size)
         stim = load_stimuli(stimuli)
         run_device = torch.device(device) if device is not None else self.device
-        if store is not None:
-            store = Path(store)
-            io.check_writable(store, overwrite=overwrite)
-        self.model.to(run_device)
+        disk = _Store(Path(store), self, stim, names, batch_size, overwrite) if store is not None else None
+        done = disk.done() if disk is not None else np.zeros(len(stim), dtype=bool)
+        starts = [s for s in range(0, len(stim), batch_size) if not done[s : s + batch_size].all()]
+        if disk is not None and len(starts) < -(-len(stim) // batch_size):
+            logger.info("resuming %s: %d of %d batches left", disk.path, len(starts), -(-len(stim) // batch_size))
         writers: dict[str, _LayerWriter] = {}
+        self.model.to(run_device)
         try:
-            batches = stim.batches(batch_size, self.preprocessing)
+            batches = stim.batches(batch_size, self.preprocessing, starts=starts)
             for start, batch in tqdm(batches, desc=f"{self.name} activations", disable=not progress):
                 with torch.inference_mode():
                     outputs = self.forward_layers(batch.to(run_device), names)
                 for name, out in outputs.items():
                     if name not in writers:
-                        writers[name] = _LayerWriter(self, stim, name, out.shape[1:], store)
+                        writers[name] = _LayerWriter(self, stim, name, out.shape[1:], disk)
                     writers[name].write(start, out.float().cpu().numpy())
+                if disk is not None:
+                    disk.mark_done(start, start + batch.shape[0])
         finally:
             self.model.to(self.device)
-        result = {name: writers[name].result() for name in names}
+        if disk is not None:
+            result = {name: disk.read(name) for name in names}
+        else:
+            result = {name: writers[name].result() for name in names}
         return result[names[0]] if single else result
 
     def classify(self, stimuli: Any, *, top_k: int = 5, batch_size: int = 32) -> xr.Dataset:
@@ -392,37 +402,97 @@ class VirtualSubject:
 
 
 class _LayerWriter:
-    """Collects one layer's batches in memory or streams them to a zarr group."""
+    """Collects one layer's batches in memory, or writes them into its group of a ``_Store``."""
 
-    def __init__(self, subject: VirtualSubject, stim: StimulusSet, name: str, shape: torch.Size, store: Path | None):
+    def __init__(self, subject: VirtualSubject, stim: StimulusSet, name: str, shape: torch.Size, disk: _Store | None):
         if len(shape) + 1 not in _SPATIAL_DIMS:
             raise UnknownNameError(f"Layer {name!r} has output shape {tuple(shape)}; not supported.")
         self.dims = ("stimulus", *_SPATIAL_DIMS[len(shape) + 1])
         self.coords = {**stim.coords(), **{d: np.arange(s) for d, s in zip(self.dims[1:], shape)}}
         self.attrs = {**subject.provenance(name), "stimulus_set": stim.name, "requested_as": name}
-        self.store, self.group = store, name
-        self.n = len(stim)
-        self.buffer = None if store is not None else np.empty((self.n, *shape), dtype=np.float32)
-        self.stimulus_index = 0
+        self.disk, self.name = disk, name
+        if disk is not None:
+            disk.create_group(name, self.dims, tuple(shape), self.coords, self.attrs)
+            self.buffer = None
+        else:
+            self.buffer = np.empty((len(stim), *shape), dtype=np.float32)
 
     def write(self, start: int, values: np.ndarray) -> None:
-        stop = start + values.shape[0]
-        if self.buffer is not None:
-            self.buffer[start:stop] = values
-            return
-        coords = {k: (v[0], v[1][start:stop]) if isinstance(v, tuple) else v for k, v in self.coords.items()}
-        chunk = xr.DataArray(values, dims=self.dims, coords=coords, attrs=self.attrs, name="activation")
-        ds = chunk.to_dataset()
-        if start == 0:
-            encoding = {"activation": {"chunks": values.shape}}
-            ds.to_zarr(self.store, group=self.group, mode="w", encoding=encoding, consolidated=False, zarr_format=2)
+        if self.disk is not None:
+            self.disk.write(self.name, self.dims, start, values)
         else:
-            ds.to_zarr(self.store, group=self.group, append_dim="stimulus", consolidated=False, zarr_format=2)
+            self.buffer[start : start + values.shape[0]] = values
 
     def result(self) -> xr.DataArray:
-        if self.buffer is not None:
-            return xr.DataArray(self.buffer, dims=self.dims, coords=self.coords, attrs=self.attrs, name="activation")
-        return xr.open_zarr(self.store, group=self.group, consolidated=False)["activation"]
+        return xr.DataArray(self.buffer, dims=self.dims, coords=self.coords, attrs=self.attrs, name="activation")
+
+
+class _Store:
+    """A resumable zarr extraction store: one group per layer and a per-stimulus ``done`` flag.
+
+    The root attrs hold a fingerprint of the run (model, weights, preprocessing, layers,
+    stimulus ids, batch size). Re-running with the same arguments continues where a
+    killed run stopped; a store from a different run is never mixed in.
+    """
+
+    def __init__(self, path: Path, subject: VirtualSubject, stim: StimulusSet, names: list[str],
+                 batch_size: int, overwrite: bool) -> None:
+        import zarr
+
+        self.path, self.n, self.batch_size = path, len(stim), batch_size
+        ids_hash = hashlib.sha256("\n".join(stim.ids.tolist()).encode()).hexdigest()
+        self.fingerprint = {
+            "model": subject.name,
+            "weights_sha256": subject.weights_id,
+            "preprocessing": subject.preprocessing.describe(),
+            "layers": ",".join(f"{n}={subject.resolve_layer(n)}" for n in names),
+            "stimulus_ids_sha256": ids_hash,
+            "n_stimuli": self.n,
+            "batch_size": batch_size,
+        }
+        if path.exists() and overwrite:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.exists():
+            try:
+                found = dict(zarr.open_group(str(path), mode="r").attrs).get("neurocnn_extraction")
+            except Exception:  # noqa: BLE001 - anything unreadable is "not our store"
+                found = None
+            if found != self.fingerprint:
+                diff = "not a neurocnn extraction store" if not isinstance(found, dict) else "; ".join(
+                    f"{k}: {found.get(k)!r} there, {v!r} now" for k, v in self.fingerprint.items() if found.get(k) != v
+                )
+                raise OverwriteError(
+                    f"{path} exists and holds a different extraction ({diff}), so it was not resumed "
+                    "or touched. Choose another path, or pass overwrite=True to replace it."
+                )
+            self.root = zarr.open_group(str(path), mode="a", zarr_format=2)
+        else:
+            self.root = zarr.open_group(str(path), mode="w", zarr_format=2)
+            self.root.attrs["neurocnn_extraction"] = self.fingerprint
+            self.root.create_array("done", shape=(self.n,), chunks=(batch_size,), dtype="i1", fill_value=0)
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.root["done"][:]).astype(bool)
+
+    def mark_done(self, start: int, stop: int) -> None:
+        self.root["done"][start:stop] = 1
+
+    def create_group(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], coords: dict, attrs: dict) -> None:
+        if name in self.root:
+            return
+        import dask.array as da
+
+        data = da.zeros((self.n, *shape), chunks=(self.batch_size, *shape), dtype=np.float32)
+        template = xr.Dataset({"activation": (dims, data, attrs)}, coords=coords)
+        template.to_zarr(self.path, group=name, mode="w", compute=False, consolidated=False, zarr_format=2)
+
+    def write(self, name: str, dims: tuple[str, ...], start: int, values: np.ndarray) -> None:
+        region = xr.Dataset({"activation": (dims, values)})
+        region.to_zarr(self.path, group=name, region={"stimulus": slice(start, start + values.shape[0])},
+                       consolidated=False, zarr_format=2)
+
+    def read(self, name: str) -> xr.DataArray:
+        return xr.open_zarr(self.path, group=name, consolidated=False)["activation"]
 
 
 def _input_size(preprocessing: Preprocessing) -> int:

@@ -20,11 +20,14 @@ class Recorder(nn.Module):
     def __init__(self):
         super().__init__()
         self.calls = 0
+        self.fail_on_value = None
 
     def forward(self, x):
         self.calls += 1
         if x.mean() > 0.9:
             raise RuntimeError("boom")
+        if self.fail_on_value is not None and torch.isclose(x.mean(), torch.tensor(self.fail_on_value)):
+            raise KeyboardInterrupt
         return x
 
 
@@ -128,8 +131,30 @@ def test_store_streams_to_zarr_and_matches_memory(tiny, tmp_path):
         assert disk[name].chunks is not None  # lazy, dask-backed
         np.testing.assert_array_equal(disk[name].values, mem[name].values)
         assert list(disk[name].stimulus.values) == list(mem[name].stimulus.values)
-    with pytest.raises(OverwriteError, match="already exists"):
-        tiny.activations(images, "conv", store=tmp_path / "a.zarr", progress=False)
+    with pytest.raises(OverwriteError, match="different extraction.*stimulus_ids_sha256"):
+        tiny.activations(images[:3], ["conv", "fc"], batch_size=2, store=tmp_path / "a.zarr", progress=False)
+    with pytest.raises(OverwriteError, match="batch_size"):
+        tiny.activations(images, ["conv", "fc"], batch_size=3, store=tmp_path / "a.zarr", progress=False)
+    replaced = tiny.activations(images[:3], "conv", store=tmp_path / "a.zarr", overwrite=True, progress=False)
+    assert replaced.sizes["stimulus"] == 3
+
+
+def test_killed_extraction_resumes_bit_for_bit(tiny, tmp_path):
+    images = _images([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    full = tiny.activations(images, ["conv", "fc"], batch_size=2, progress=False)
+    recorder = tiny.model.recorder
+    recorder.fail_on_value = 0.55  # the batch holding stimuli 4 and 5
+    with pytest.raises(KeyboardInterrupt):
+        tiny.activations(images, ["conv", "fc"], batch_size=2, store=tmp_path / "r.zarr", progress=False)
+    recorder.fail_on_value = None
+    recorder.calls = 0
+    resumed = tiny.activations(images, ["conv", "fc"], batch_size=2, store=tmp_path / "r.zarr", progress=False)
+    assert recorder.calls == 2  # only the two batches that were not written
+    for name in ("conv", "fc"):
+        np.testing.assert_array_equal(resumed[name].values, full[name].values)
+    recorder.calls = 0
+    tiny.activations(images, ["conv", "fc"], batch_size=2, store=tmp_path / "r.zarr", progress=False)
+    assert recorder.calls == 0  # complete: nothing recomputed
 
 
 def test_pretrained_lite0_matches_hand_written_hook_oracle(lite0, stimuli92):
