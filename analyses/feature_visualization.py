@@ -11,8 +11,9 @@ EfficientNet-Lite0) and the 92-image set (Kriegeskorte et al. 2008):
 5. DeepDream of the mid-layer face unit with 1 and 3 pyramid levels (octaves);
 6. gradient vs guided backprop vs deconvnet for the face stimuli (mid face unit).
 
-The mid layer is the middle spatial layer of the architecture's default layers and the
-deep layer the last one (AlexNet: conv3 and conv5), chosen from the spec, not by name.
+The mid layer is the middle spatial, non-rectified layer of the architecture's default
+layers and the deep layer the last one (AlexNet: conv3 and conv5; Lite0: stage4 and
+stage7), chosen from the spec, not by name.
 Writes netCDF + PNG per panel into ``--out``. ``--quick`` uses few optimization steps
 and a few faces (< 60 s on a shared 2-core CPU).
 """
@@ -43,7 +44,11 @@ CLASS_NAME = "Siamese cat"
 
 
 def _spatial_layers(subject: nc.VirtualSubject) -> list[str]:
-    return [layer for layer in subject.default_layers if len(layer_shape(subject, layer)) == 3]
+    """Default layers with a spatial map whose values are not rectified (optimizable from gray)."""
+    return [
+        layer for layer in subject.default_layers
+        if len(layer_shape(subject, layer)) == 3 and subject.relu_state(layer) != "post-activation"
+    ]
 
 
 def _pick_units(acts, face: np.ndarray) -> dict[str, int]:

@@ -623,7 +623,8 @@ def maximize_activation(
         Unknown layer, class name (closest match suggested), objective or
         parameterization; channel/unit out of range.
     InvalidDataError
-        ``steps`` < 1, negative regularization weights, contradictory target.
+        ``steps`` < 1, negative regularization weights, contradictory target; a target
+        with zero gradient at the start image (a silent unit behind a rectifier).
 
     Examples
     --------
@@ -665,6 +666,12 @@ def maximize_activation(
             value = _value(subject, target, _jitter(img, jitter, generator))[0]
             loss = -sign * value + settings["tv_weight"] * _total_variation(img)
             loss.backward()
+            if step == 0 and not image.param.grad.any():
+                raise InvalidDataError(
+                    f"The target ({target.description}) has zero gradient at the seeded start image, so "
+                    "the optimization cannot move: the unit is silent there (e.g. behind a ReLU). Target "
+                    "the pre-activation layer instead (e.g. 'conv5' rather than 'relu5'), or another seed."
+                )
             optimizer.step()
             trace[step] = float(value.detach())
             if settings["l2_decay"] > 0:

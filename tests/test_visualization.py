@@ -221,6 +221,13 @@ def test_maximize_bad_input(tiny):
         vis.maximize_activation(tiny, "0", 0, jitter=1.5, size=8, progress=False)
     with pytest.raises(InvalidDataError, match="layer"):
         vis.maximize_activation(tiny, size=8, progress=False)
+    dead = nn.Sequential(nn.Conv2d(3, 1, 1), nn.ReLU())
+    with torch.no_grad():
+        dead[0].weight.fill_(1.0)
+        dead[0].bias.fill_(-10.0)  # silent for every image in [0, 1]
+    silent = nc.VirtualSubject(dead, preprocessing=IDENTITY, name="dead")
+    with pytest.raises(InvalidDataError, match="zero gradient"):
+        vis.maximize_activation(silent, "1", 0, size=8, progress=False)
 
 
 def test_deep_dream_pyramid_on_tiny_net(tiny):
