@@ -45,6 +45,7 @@ import xarray as xr
 from . import rdm as _rdm
 from ._validation import check_option, check_positive_int
 from .io import clean_attrs
+from .scale import map_tasks
 from .exceptions import InvalidDataError, MissingFileError, ShapeMismatchError
 
 __all__ = [
@@ -464,46 +465,15 @@ def _resolve_ids(stimulus_ids: Any, n_vol: int, model_ids: np.ndarray) -> np.nda
     return model_ids.copy()
 
 
-def _make_client(client: Any):
-    from distributed import Client, LocalCluster
-
-    if isinstance(client, str) and client == "local":
-        cluster = LocalCluster(n_workers=max(1, min(4, os.cpu_count() or 1)),
-                               threads_per_worker=1, processes=True, dashboard_address=None)
-        return Client(cluster), True
-    if isinstance(client, str):
-        return Client(client), True
-    return client, False
+def _run_bounds(job: _Job, bounds: tuple[int, int]) -> dict[str, np.ndarray]:
+    return _run_batch(job, *bounds)
 
 
 def _run_all(job: _Job, batch: int, client: Any, progress: bool, desc: str) -> dict[str, np.ndarray]:
-    from tqdm.auto import tqdm
-
     n = job.centres.shape[0]
     bounds = [(a, min(n, a + batch)) for a in range(0, n, batch)]
-    parts: list[dict[str, np.ndarray]] = []
-    if client is None:
-        for a, b in tqdm(bounds, desc=desc, disable=not progress, leave=False):
-            parts.append(_run_batch(job, a, b))
-    else:
-        from distributed import as_completed
-
-        cl, owned = _make_client(client)
-        try:
-            job_f = cl.scatter(job, broadcast=True)
-            futures = [cl.submit(_run_batch, job_f, a, b, pure=False) for a, b in bounds]
-            order = {f.key: i for i, f in enumerate(futures)}
-            done: dict[int, dict[str, np.ndarray]] = {}
-            for fut in tqdm(as_completed(futures), total=len(futures), desc=desc,
-                            disable=not progress, leave=False):
-                done[order[fut.key]] = fut.result()
-            parts = [done[i] for i in range(len(bounds))]
-        finally:
-            if owned:
-                cluster = getattr(cl, "cluster", None)
-                cl.close()
-                if cluster is not None:
-                    cluster.close()
+    done = dict(map_tasks(_run_bounds, job, bounds, client, progress=progress, desc=desc))
+    parts = [done[i] for i in range(len(bounds))]
     out = {k: np.concatenate([p[k] for p in parts]) for k in ("count", "score")}
     if job.Bperm is not None:
         out["null_max"] = np.max(np.stack([p["null_max"] for p in parts]), 0)

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_option, check_positive_int
-from .exceptions import OverwriteError, UnknownNameError
+from .exceptions import InvalidDataError, OverwriteError, UnknownNameError
+from .scale import map_tasks
 from .models import ModelSpec, Preprocessing, get_spec, load_model, spec_from_module
 from .stimuli import StimulusSet, load_stimuli
 
@@ -290,6 +291,7 @@ class VirtualSubject:
         device: str | torch.device | None = None,
         store: str | os.PathLike | None = None,
         overwrite: bool = False,
+        client: Any = None,
         progress: bool = True,
     ) -> xr.DataArray | dict[str, xr.DataArray]:
         """Extract activations of one or more layers for a stimulus set.
@@ -312,6 +314,11 @@ class VirtualSubject:
             model, weights, preprocessing, layers, stimulus ids and batch size).
         overwrite : bool
             Replace an existing ``store`` that holds a different extraction.
+        client : distributed.Client or str, optional
+            Spread the batches over dask workers (a Client, a scheduler address, or
+            ``"local"``; see :mod:`neurocnn.scale`). Needs ``store``: each worker writes
+            its batches straight into the zarr store, so no layer is ever held whole by
+            the driver.
         progress : bool
             Show a progress bar.
 
@@ -328,6 +335,8 @@ class VirtualSubject:
         ------
         UnknownNameError
             Unknown layer (closest match suggested).
+        InvalidDataError
+            ``client`` without ``store``.
         OverwriteError
             ``store`` holds a different extraction and ``overwrite`` is False.
         """
@@ -346,11 +355,14 @@ class VirtualSubject:
         starts = [s for s in range(0, len(stim), batch_size) if not done[s : s + batch_size].all()]
         if disk is not None and len(starts) < -(-len(stim) // batch_size):
             logger.info("resuming %s: %d of %d batches left", disk.path, len(starts), -(-len(stim) // batch_size))
+        if client is not None and disk is None:
+            raise InvalidDataError("client= needs store=: dask workers write their batches to a zarr store.")
         writers: dict[str, _LayerWriter] = {}
         self.model.to(run_device)
         try:
-            batches = stim.batches(batch_size, self.preprocessing, starts=starts)
-            for start, batch in tqdm(batches, desc=f"{self.name} activations", disable=not progress):
+            local = starts[:1] if client is not None else starts
+            batches = stim.batches(batch_size, self.preprocessing, starts=local)
+            for start, batch in tqdm(batches, desc=f"{self.name} activations", disable=not progress or client is not None):
                 with torch.inference_mode():
                     outputs = self.forward_layers(batch.to(run_device), names)
                 for name, out in outputs.items():
@@ -361,6 +373,11 @@ class VirtualSubject:
                     disk.mark_done(start, start + batch.shape[0])
         finally:
             self.model.to(self.device)
+        if client is not None and len(starts) > 1:
+            job = _ExtractJob(self, stim, names, batch_size, disk.path, {n: w.dims for n, w in writers.items()})
+            tasks = map_tasks(_extract_batch, job, starts[1:], client, progress=progress, desc=f"{self.name} activations")
+            for _, (start, stop) in tasks:
+                disk.mark_done(start, stop)
         if disk is not None:
             result = {name: disk.read(name) for name in names}
         else:
@@ -419,7 +436,7 @@ class _LayerWriter:
 
     def write(self, start: int, values: np.ndarray) -> None:
         if self.disk is not None:
-            self.disk.write(self.name, self.dims, start, values)
+            _write_region(self.disk.path, self.name, self.dims, start, values)
         else:
             self.buffer[start : start + values.shape[0]] = values
 
@@ -486,13 +503,37 @@ class _Store:
         template = xr.Dataset({"activation": (dims, data, attrs)}, coords=coords)
         template.to_zarr(self.path, group=name, mode="w", compute=False, consolidated=False, zarr_format=2)
 
-    def write(self, name: str, dims: tuple[str, ...], start: int, values: np.ndarray) -> None:
-        region = xr.Dataset({"activation": (dims, values)})
-        region.to_zarr(self.path, group=name, region={"stimulus": slice(start, start + values.shape[0])},
-                       consolidated=False, zarr_format=2)
-
     def read(self, name: str) -> xr.DataArray:
         return xr.open_zarr(self.path, group=name, consolidated=False)["activation"]
+
+
+def _write_region(path: Path, group: str, dims: tuple[str, ...], start: int, values: np.ndarray) -> None:
+    region = xr.Dataset({"activation": (dims, values)})
+    region.to_zarr(path, group=group, region={"stimulus": slice(start, start + values.shape[0])},
+                   consolidated=False, zarr_format=2)
+
+
+@dataclass
+class _ExtractJob:
+    """What a dask worker needs to extract and write batches (sent to each worker once)."""
+
+    subject: VirtualSubject
+    stimuli: StimulusSet
+    layers: list[str]
+    batch_size: int
+    path: Path
+    dims: dict[str, tuple[str, ...]]
+
+
+def _extract_batch(job: _ExtractJob, start: int) -> tuple[int, int]:
+    stop = min(start + job.batch_size, len(job.stimuli))
+    pre = job.subject.preprocessing
+    batch = torch.stack([pre(job.stimuli.load(i)) for i in range(start, stop)]).to(job.subject.device)
+    with torch.inference_mode():
+        outputs = job.subject.forward_layers(batch, job.layers)
+    for name, out in outputs.items():
+        _write_region(job.path, name, job.dims[name], start, out.float().cpu().numpy())
+    return start, stop
 
 
 def _input_size(preprocessing: Preprocessing) -> int:

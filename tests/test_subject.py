@@ -9,7 +9,7 @@ import xarray as xr
 from torch import nn
 
 from neurocnn import Preprocessing, VirtualSubject, io, load_stimuli
-from neurocnn.exceptions import OverwriteError, UnknownNameError
+from neurocnn.exceptions import InvalidDataError, OverwriteError, UnknownNameError
 
 IDENTITY = Preprocessing(resize=None, crop=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
@@ -194,3 +194,17 @@ def test_netcdf_round_trip_of_activations(tiny, tmp_path):
     back = io.load(tmp_path / "acts.nc")
     assert isinstance(back, xr.DataArray)
     xr.testing.assert_identical(back, acts)
+
+
+@pytest.mark.filterwarnings("ignore:Couldn't detect a suitable IP address")
+def test_dask_workers_write_the_store(tiny, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    images = _images([0.1, 0.2, 0.3, 0.4, 0.5])
+    mem = tiny.activations(images, ["conv", "fc"], batch_size=2, progress=False)
+    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        disk = tiny.activations(images, ["conv", "fc"], batch_size=2, store=tmp_path / "d.zarr",
+                                client=client, progress=False)
+    for name in ("conv", "fc"):
+        np.testing.assert_array_equal(disk[name].values, mem[name].values)
+    with pytest.raises(InvalidDataError, match="store="):
+        tiny.activations(images, "conv", client="local", progress=False)
