@@ -24,7 +24,7 @@ from . import datasets
 from ._validation import check_option
 from .exceptions import ShapeMismatchError, StimulusError
 
-__all__ = ["StimulusSet", "load_stimuli", "list_stimulus_sets", "IMAGE_EXTENSIONS"]
+__all__ = ["StimulusSet", "load_stimuli", "list_stimulus_sets", "synthetic_stimuli", "IMAGE_EXTENSIONS"]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -353,6 +353,42 @@ def _load_floc() -> StimulusSet:
         metadata={"category": category, "domain": domain, "exemplar": exemplar},
         name="floc",
     )
+
+
+class _SyntheticStimuli(StimulusSet):
+    """Seeded noise images made on demand (nothing held in memory)."""
+
+    def __init__(self, index: np.ndarray, size: int, seed: int) -> None:  # noqa: D107
+        self._array, self._paths, self.name = None, [], "synthetic"
+        self.ids = np.array([f"synth_{i:07d}" for i in index])
+        self.metadata = {"seed": np.full(index.size, seed)}
+        self._index, self._size, self._seed = index, size, seed
+
+    def check_sizes(self) -> tuple[int, int]:  # noqa: D102
+        return self._size, self._size
+
+    def load(self, index: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self._seed * 1_000_003 + int(self._index[index]))
+        return torch.rand(3, self._size, self._size, generator=gen)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> StimulusSet:
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return _SyntheticStimuli(self._index[index], self._size, self._seed)
+
+
+def synthetic_stimuli(n: int, *, size: int = 64, seed: int = 0) -> StimulusSet:
+    """Return ``n`` seeded uniform-noise RGB images, generated when loaded.
+
+    For benchmarks and scale tests: any number of stimuli at no memory cost; image
+    ``i`` is the same on every machine for the same ``seed``.
+    """
+    from ._validation import check_positive_int
+
+    check_positive_int("n", n)
+    check_positive_int("size", size)
+    return _SyntheticStimuli(np.arange(n), size, seed)
 
 
 _NAMED_SETS: dict[str, Callable[[], StimulusSet]] = {"92images": _load_92images, "floc": _load_floc}

@@ -116,3 +116,15 @@ def test_images_xarray(stimuli92):
     imgs = stimuli92.subset([0, 1]).images()
     assert imgs.dims == ("stimulus", "y", "x", "rgb") and imgs.dtype == np.uint8
     assert list(imgs.stimulus.values) == ["92img_000", "92img_001"]
+
+
+def test_synthetic_stimuli_are_seeded_and_lazy():
+    from neurocnn.stimuli import synthetic_stimuli
+
+    a, b = synthetic_stimuli(1000, size=8, seed=1), synthetic_stimuli(1000, size=8, seed=1)
+    assert len(a) == 1000 and a.ids[999] == "synth_0000999"
+    assert torch.equal(a.load(500), b.load(500))
+    assert not torch.equal(a.load(500), synthetic_stimuli(1000, size=8, seed=2).load(500))
+    sub = a.subset([500, 7])
+    assert torch.equal(sub.load(0), a.load(500)) and list(sub.ids) == ["synth_0000500", "synth_0000007"]
+    assert a.check_sizes() == (8, 8)
