@@ -71,7 +71,8 @@ CompareMethod = Literal[
 _STACK = "rdm"
 _PROVENANCE_KEYS = ("model", "weights_sha256", "layer", "alias", "relu", "preprocessing")
 _DEFAULT_CHUNK_BYTES = 256 * 2**20
-_TAU_SIGN_MAX_PAIRS = 20_000
+_TAU_PLAN_MAX_PAIRS = 20_000
+_TAU_BLOCK_ELEMENTS = 2**22
 _SYMMETRY_RTOL = 1e-6
 
 
@@ -417,54 +418,221 @@ def _cmp_rho_a(ra, rb, w=None):
     return np.matmul(ra if w is None else ra * w, np.swapaxes(rb, -1, -2)) * 12.0 / (n**3 - n)
 
 
-def _tau_a_pair_scipy(x: np.ndarray, y: np.ndarray, tx: float, ty: float) -> float:
-    """Exact tau-a from scipy's O(P log P) tau-b: (C - D) = tau_b * sqrt((n0-tx)(n0-ty))."""
-    n0 = x.size * (x.size - 1) / 2.0
-    if tx == n0 or ty == n0:
-        return 0.0
-    tau_b = scipy.stats.kendalltau(x, y).statistic
-    return float(np.clip(tau_b * math.sqrt((n0 - tx) * (n0 - ty)) / n0, -1.0, 1.0))
-
-
-def _tie_pairs(x: np.ndarray) -> float:
+def _tie_pairs(x: np.ndarray) -> int:
     _, counts = np.unique(x, return_counts=True)
-    return float((counts * (counts - 1) // 2).sum())
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def _tau_cd_scipy(x: np.ndarray, y: np.ndarray, tx: int, ty: int) -> int:
+    """Exact concordant minus discordant pair count from scipy's O(n log n) tau-b.
+
+    ``tau_b * sqrt((n0 - tx) * (n0 - ty))`` is the integer C - D up to rounding errors
+    of ~1e-16 relative, so rounding recovers it exactly.
+    """
+    n0 = x.size * (x.size - 1) // 2
+    if tx == n0 or ty == n0:  # a constant vector: every pair is tied
+        return 0
+    tau_b = scipy.stats.kendalltau(x, y).statistic
+    return int(round(tau_b * math.sqrt(n0 - tx) * math.sqrt(n0 - ty)))
+
+
+def _tau_block_size(n_pairs: int) -> int:
+    """Bin size ~ sqrt(P): balances within-bin pairs (P * size) against the bin grid."""
+    return max(4, 2 ** round(math.log2(math.sqrt(max(n_pairs, 1)))))
+
+
+@dataclass
+class _TauPlan:
+    """Dense ranks and value bins of fixed vectors (k, P), for weighted tau-a.
+
+    Entries are cut, in sorted order, into bins of consecutive values holding at most
+    ``size`` entries, never splitting a tie group (a tie group larger than ``size``
+    fills a bin of its own). Column P of ``rank``/``bins`` pads ``blocks``.
+    """
+
+    rank: torch.Tensor  # (k, P + 1) float32 dense ranks (exact below 2**24)
+    bins: torch.Tensor  # (k, P + 1) int64 bin of each entry, increasing with the value
+    n_bins: list[int]
+    blocks: list[torch.Tensor]  # per row (G, size) entries of the bins with >1 value, pad P
+    size: int
+
+    @classmethod
+    def of(cls, V: np.ndarray) -> _TauPlan:
+        V2 = V.reshape(-1, V.shape[-1])
+        k, P = V2.shape
+        size = _tau_block_size(P)
+        rank = np.zeros((k, P + 1), np.float32)
+        bins = np.zeros((k, P + 1), np.int64)
+        n_bins, blocks = [], []
+        for r, v in enumerate(V2):
+            order = np.argsort(v, kind="stable")
+            xs = v[order]
+            new = np.r_[True, xs[1:] != xs[:-1]]
+            rank[r, order] = np.cumsum(new) - 1
+            starts = np.flatnonzero(new)
+            lengths = np.diff(np.r_[starts, P])
+            group_bin, spans = _pack_groups(starts, lengths, size)
+            bins[r, order] = np.repeat(group_bin, lengths)
+            n_bins.append(int(group_bin[-1]) + 1)
+            idx = np.full((len(spans), size), P, np.int64)
+            for g, (a, b) in enumerate(spans):
+                idx[g, : b - a] = order[a:b]
+            blocks.append(torch.from_numpy(idx))
+        return cls(torch.from_numpy(rank), torch.from_numpy(bins), n_bins, blocks, size)
+
+
+def _pack_groups(starts: np.ndarray, lengths: np.ndarray, size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Greedy bins of consecutive tie groups: bin of each group, and the sorted-position
+    spans of the bins holding more than one value (the others have no untied pairs)."""
+    if lengths.max() == 1:  # no ties: plain consecutive bins
+        group_bin = np.arange(len(starts)) // size
+        P = len(starts)
+        return group_bin, [(a, min(a + size, P)) for a in range(0, P, size)]
+    group_bin = np.empty(len(starts), np.int64)
+    spans: list[tuple[int, int]] = []
+    b, fill, first, n_groups = -1, size, 0, 0
+    for g, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist())):
+        if fill + length > size or length > size:
+            if n_groups > 1:
+                spans.append((first, start))
+            b, fill, first, n_groups = b + 1, 0, start, 0
+        group_bin[g] = b
+        fill += length
+        n_groups += 1
+    if n_groups > 1:
+        spans.append((first, int(starts[-1] + lengths[-1])))
+    return group_bin, spans
+
+
+@dataclass
+class _Planned:
+    """Fixed vectors (1, k, P) with their :class:`_TauPlan` (tau-a's prepared form)."""
+
+    values: np.ndarray
+    plan: _TauPlan
+
+
+def _prep_tau(x, w=None, order=None):
+    return _Planned(x, order) if isinstance(order, _TauPlan) else x
+
+
+def _block_forms(w: torch.Tensor, blocks: torch.Tensor, mask_keys: torch.Tensor,
+                 sign_keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """sum over blocks and pairs p, q of a block of w_p w_q [m_p < m_q] sign(s_q - s_p).
+
+    w (S, P + 1) with a zero pad column; blocks (G, size); mask_keys / sign_keys
+    (r|1, P + 1), one of them with one row. Returns (S, r) in float64. Exact: the
+    block sums are integers below 2**24 for float32 (checked by the caller).
+    """
+    G, size = blocks.shape
+    S = w.shape[0]
+    r = max(mask_keys.shape[0], sign_keys.shape[0])
+    out = torch.zeros((S, r), dtype=torch.float64)
+    per = size * max(size, S)  # elements of X and of the product per block and row
+    gstep = max(1, min(G, _TAU_BLOCK_ELEMENTS // per))
+    rstep = max(1, _TAU_BLOCK_ELEMENTS // (gstep * per))
+    for g0 in range(0, G, gstep):
+        blk = blocks[g0 : g0 + gstep]
+        g = blk.shape[0]
+        wb = w[:, blk].to(dtype).permute(1, 0, 2)  # (g, S, size)
+        mk, sk = mask_keys[:, blk], sign_keys[:, blk]  # (r|1, g, size)
+        for r0 in range(0, r, rstep):
+            c = min(r, r0 + rstep) - r0
+            m = mk if mk.shape[0] == 1 else mk[r0 : r0 + c]
+            s = sk if sk.shape[0] == 1 else sk[r0 : r0 + c]
+            X = (m[..., :, None] < m[..., None, :]).to(dtype) * torch.sign(
+                s[..., None, :] - s[..., :, None]).to(dtype)  # (c|1, g, size, size)
+            X = X.expand(c, g, size, size).permute(1, 2, 0, 3).reshape(g, size, c * size)
+            T = torch.bmm(wb, X).view(g, S, c, size)
+            out[:, r0 : r0 + c] += (T * wb[:, :, None, :]).sum(-1).to(torch.float64).sum(0)
+    return out
+
+
+def _grid_forms(w: torch.Tensor, abins: torch.Tensor, na: int, bbins: torch.Tensor, nb: int) -> torch.Tensor:
+    """Pairs in different a-bins and different b-bins: sum of w_p w_q sign(b_q - b_p)
+    over abin_p < abin_q, from the (a-bin, b-bin) weight histogram. w (S, P) float64,
+    abins (P,), bbins (r, P) -> (S, r)."""
+    S, P = w.shape
+    r = bbins.shape[0]
+    out = torch.empty((S, r), dtype=torch.float64)
+    step = max(1, 2**22 // (S * max(na * nb, P)))
+    for start in range(0, r, step):
+        stop = min(r, start + step)
+        c = stop - start
+        cells = (torch.arange(c)[:, None] * (na * nb) + abins[None, :] * nb + bbins[start:stop]).reshape(-1)
+        H = torch.zeros((S, c * na * nb), dtype=torch.float64)
+        H.index_add_(1, cells, w.repeat(1, c))
+        H = H.view(S, c, na, nb)
+        low = H.cumsum(2) - H  # weight in lower a-bins
+        cum = low.cumsum(3)
+        balance = (cum - low) - (cum[..., -1:] - cum)  # lower minus higher b-bins
+        out[:, start:stop] = (H * balance).sum((2, 3))
+    return out
+
+
+def _tau_cd_planned(pa: _TauPlan, pb: _TauPlan, w: np.ndarray) -> np.ndarray:
+    """Weighted C - D of all pairs of fixed planned vectors, O(P sqrt(P)) per sample.
+
+    C - D = sum over entries p, q of w_p w_q [a_p < a_q] sign(b_q - b_p), split into
+    pairs in one bin of a, pairs in one bin of b (and different bins of a), and pairs in
+    different bins of both (a weight histogram over the bin grid). w (S, P) -> (S, ka, kb).
+    """
+    S, P = w.shape
+    ka, kb = pa.rank.shape[0], pb.rank.shape[0]
+    w64 = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
+    wp = torch.cat([w64, torch.zeros((S, 1), dtype=torch.float64)], 1)
+    block_max = max(pa.size, pb.size) * float(w.max(initial=0.0))
+    dtype = torch.float32 if block_max * block_max < 2**24 else torch.float64
+    ranka, rankb = pa.rank.to(dtype), pb.rank.to(dtype)
+    out = torch.zeros((S, ka, kb), dtype=torch.float64)
+    for i in range(ka):
+        out[:, i, :] += _block_forms(wp, pa.blocks[i], ranka[i : i + 1], rankb, dtype)
+        out[:, i, :] += _grid_forms(w64, pa.bins[i, :P], pa.n_bins[i], pb.bins[:, :P], max(pb.n_bins))
+    binsa = pa.bins.to(dtype)
+    for j in range(kb):
+        out[:, :, j] += _block_forms(wp, pb.blocks[j], binsa, rankb[j : j + 1], dtype)
+    return out.numpy()
+
+
+def _tau_cd_expanded(A: np.ndarray, B: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted C - D of vectors that change with the sample: per sample, scipy's
+    O(n log n) count on the vectors with entry p repeated w_p times (integer w).
+    A (S|1, ka, P), B (S|1, kb, P), w (S, 1, P) -> (S, ka, kb)."""
+    S = max(A.shape[0], B.shape[0], w.shape[0])
+    out = np.zeros((S, A.shape[-2], B.shape[-2]))
+    for s in range(S):
+        reps = np.rint(w[s if w.shape[0] > 1 else 0, 0]).astype(np.int64)
+        xs = [np.repeat(x, reps) for x in A[s if A.shape[0] > 1 else 0]]
+        ys = [np.repeat(y, reps) for y in B[s if B.shape[0] > 1 else 0]]
+        ty = [_tie_pairs(y) for y in ys]
+        for i, x in enumerate(xs):
+            tx = _tie_pairs(x)
+            for j, y in enumerate(ys):
+                out[s, i, j] = _tau_cd_scipy(x, y, tx, ty[j])
+    return out
 
 
 def _cmp_tau_a(A, B, w=None):
-    """Kendall tau-a: sum of sign products over pairs of entries / number of pairs.
+    """Kendall tau-a: (concordant - discordant pairs of entries) / number of pairs.
 
-    Sign matrices are built in row chunks and contracted with a matmul, which counts
-    concordant minus discordant pairs exactly (integers in float). Large unweighted
-    vectors fall back to scipy's O(P log P) algorithm per pair of RDMs.
+    With pair weights w (bootstrap multiplicities, integers) entry p counts w_p times,
+    as in the resampled RDM. Exact integer counts on every path: fixed vectors (all
+    unweighted comparisons up to ``_TAU_PLAN_MAX_PAIRS`` entries; weighted model and
+    subject RDMs, planned once) -> :func:`_tau_cd_planned`, vectorized over samples;
+    vectors that change with the sample (pooled noise-ceiling RDMs) and larger
+    unweighted ones -> scipy's O(P log P) count, :func:`_tau_cd_expanded`.
     """
+    plans = [x.plan if isinstance(x, _Planned) else None for x in (A, B)]
+    A, B = (x.values if isinstance(x, _Planned) else x for x in (A, B))
     P = A.shape[-1]
-    S = max(A.shape[0], B.shape[0], 1 if w is None else w.shape[0])
-    out = np.zeros((S, A.shape[-2], B.shape[-2]))
-    if w is None and P > _TAU_SIGN_MAX_PAIRS:
-        tb = [_tie_pairs(v) for v in B[0]]
-        for i, x in enumerate(A[0]):
-            tx = _tie_pairs(x)
-            for j, y in enumerate(B[0]):
-                out[0, i, j] = _tau_a_pair_scipy(x, y, tx, tb[j])
-        return out
-    dtype = torch.float32 if w is None else torch.float64  # float32 exact below 2**24
-    chunk = max(1, min(P, (2**23 if w is None else 2**22) // max(P, 1) // max(S, 1)))
-    At, Bt = _tensor(A), _tensor(B)
-    wt = None if w is None else _tensor(w)
-    acc = torch.zeros(out.shape, dtype=torch.float64)
-    for start in range(0, P, chunk):
-        stop = min(P, start + chunk)
-        sa = torch.sign(At[..., start:stop, None] - At[..., None, :]).to(dtype)  # (Sa,ka,c,P)
-        sb = torch.sign(Bt[..., start:stop, None] - Bt[..., None, :]).to(dtype)
-        if wt is not None:
-            ww = wt[..., start:stop, None] * wt[..., None, :]  # (S,1,c,P)
-            sa = sa * ww
-        sa = sa.reshape(sa.shape[0], sa.shape[1], -1)
-        sb = sb.reshape(sb.shape[0], sb.shape[1], -1)
-        acc += torch.matmul(sa, sb.transpose(-1, -2)).to(torch.float64)
-    n = _wcount(A[..., :1, :], w)[..., None]
-    return np.clip(acc.numpy() / (n * (n - 1)), -1.0, 1.0)  # acc counts ordered pairs twice
+    w = np.ones((1, 1, P)) if w is None else w
+    fixed = A.shape[0] == 1 and B.shape[0] == 1
+    if fixed and (P <= _TAU_PLAN_MAX_PAIRS or plans[0] is not None):
+        cd = _tau_cd_planned(plans[0] or _TauPlan.of(A), plans[1] or _TauPlan.of(B), w[:, 0, :])
+    else:
+        cd = _tau_cd_expanded(A, B, w)
+    n = w.sum(-1)[..., None]  # (S, 1, 1)
+    return np.clip(2.0 * cd / (n * (n - 1)), -1.0, 1.0)
 
 
 def _double_centered(V: np.ndarray) -> np.ndarray:
@@ -500,7 +668,7 @@ def _cmp_corr_cov(A, B, w=None):
 # (ranks) are computed once per RDM and reused by the bootstrap and noise ceilings.
 _COMPARE: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]] = {
     "spearman": (_prep_rank, _cmp_pearson),
-    "tau_a": (_prep_none, _cmp_tau_a),
+    "tau_a": (_prep_tau, _cmp_tau_a),
     "rho_a": (_prep_rank, _cmp_rho_a),
     "pearson": (_prep_none, _cmp_pearson),
     "corr": (_prep_none, _cmp_pearson),
@@ -539,8 +707,17 @@ _POOL: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def _orders(V: np.ndarray, method: str) -> _RankPlan | None:
-    return _RankPlan.of(V) if method in _PREPARED_IS_RANK else None
+# Sort information of fixed RDMs (models, subjects), computed once per bootstrap.
+_ORDERS: dict[str, Callable[[np.ndarray], Any]] = {
+    "spearman": _RankPlan.of,
+    "rho_a": _RankPlan.of,
+    "tau_a": _TauPlan.of,
+}
+
+
+def _orders(V: np.ndarray, method: str) -> _RankPlan | _TauPlan | None:
+    of = _ORDERS.get(method)
+    return None if of is None else of(V)
 
 
 def _prepare(V, method, w=None, order=None) -> np.ndarray:
@@ -549,6 +726,16 @@ def _prepare(V, method, w=None, order=None) -> np.ndarray:
 
 def _compare_prepared(PA, PB, method, w=None) -> np.ndarray:
     return _COMPARE[method][1](PA, PB, w)
+
+
+def _compare_paired(PA, PB, method, w=None) -> np.ndarray:
+    """Row i of PA (S, k, P) vs row i of PB (1, k, P) -> (S, k); tau-a compares only
+    those pairs (its per-sample cost is per comparison), the others take the diagonal."""
+    if method != "tau_a":
+        return np.diagonal(_compare_prepared(PA, PB, method, w), axis1=1, axis2=2)
+    PB = PB.values if isinstance(PB, _Planned) else PB
+    return np.stack([_cmp_tau_a(PA[:, i : i + 1], PB[:, i : i + 1], w)[:, 0, 0]
+                     for i in range(PA.shape[1])], axis=1)
 
 
 def _compare_batched(A, B, method, w=None, orders=(None, None)) -> np.ndarray:
@@ -575,7 +762,7 @@ def _noise_ceiling_core(V, method, w=None, c=None, order=None, PV=None) -> tuple
         loo = (total[:, None, :] - c[..., None] * T) / rest[..., None]  # (S, k, P)
     loo = np.where((rest > 0)[..., None], loo, 0.0)
     upper = _compare_prepared(_prepare(upper_pool, method, w), PV, method, w)[:, 0, :]  # (S, k)
-    lower_k = np.diagonal(_compare_prepared(_prepare(loo, method, w), PV, method, w), axis1=1, axis2=2)
+    lower_k = _compare_paired(_prepare(loo, method, w), PV, method, w)  # (S, k)
     present = c > 0
     n_present = present.sum(1)
     upper = (upper * present).sum(1) / n_present
@@ -1103,8 +1290,14 @@ def _chunks(n_total: int, per: int, progress: bool, desc: str):
             bar.update(stop - start)
 
 
-def _samples_per_chunk(n_vectors: int, n_pairs: int) -> int:
-    return int(max(1, min(256, 2**21 // max(1, n_vectors * n_pairs))))
+# Elements of (samples x vectors x pairs) per bootstrap chunk. tau-a's planned path
+# rebuilds its bin matrices per chunk, so larger chunks amortize them.
+_CHUNK_ELEMENTS: dict[str, int] = {"tau_a": 2**24}
+
+
+def _samples_per_chunk(n_vectors: int, n_pairs: int, method: str) -> int:
+    budget = _CHUNK_ELEMENTS.get(method, 2**21)
+    return int(max(1, min(256, budget // max(1, n_vectors * n_pairs))))
 
 
 def _percentile_ci(x: np.ndarray, ci: float, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
@@ -1212,7 +1405,7 @@ def bootstrap_rdm_comparison(
     samples = _draw(np.random.default_rng(seed), n_bootstrap, n, k, over)
     evals = np.full((n_bootstrap, L), np.nan)
     nc = np.full((2, n_bootstrap), np.nan)
-    per = _samples_per_chunk(L + 2 * k, M.shape[-1])
+    per = _samples_per_chunk(L + 2 * k, M.shape[-1], method)
     for sl in _chunks(n_bootstrap, per, progress, "bootstrap"):
         w = samples.pair_weights(sl, n)
         c = None if samples.subj is None else samples.subj[sl].astype(np.float64)
@@ -1374,7 +1567,7 @@ def meg_layer_time_correlation(
     observed = curves(None, None)[0]
     samples = _draw(np.random.default_rng(seed), n_bootstrap, sm.n, k, over)
     boot = np.full((n_bootstrap, L, n_t), np.nan)
-    for sl in _chunks(n_bootstrap, _samples_per_chunk(L + k * n_t, M.shape[-1]), progress, "MEG bootstrap"):
+    for sl in _chunks(n_bootstrap, _samples_per_chunk(L + k * n_t, M.shape[-1], method), progress, "MEG bootstrap"):
         c = None if samples.subj is None else samples.subj[sl].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             boot[sl] = curves(samples.pair_weights(sl, sm.n), c)

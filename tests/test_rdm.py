@@ -214,7 +214,7 @@ def test_tau_a_with_ties_by_hand():
 def test_tau_a_large_fallback_matches_sign_path(monkeypatch):
     a, b = _vectors(2, 12, 5, ties=True), _vectors(2, 12, 6, ties=True)
     exact = rdm.compare_rdms(a, b, "tau_a").values
-    monkeypatch.setattr(rdm, "_TAU_SIGN_MAX_PAIRS", 10)
+    monkeypatch.setattr(rdm, "_TAU_PLAN_MAX_PAIRS", 10)
     np.testing.assert_allclose(rdm.compare_rdms(a, b, "tau_a").values, exact, atol=1e-12)
 
 
