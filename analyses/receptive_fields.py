@@ -35,10 +35,11 @@ from neurocnn.receptive_fields import (  # noqa: E402
 )
 
 NAME = "receptive_fields"
-#: full run: Zhou et al.'s occluder and stride; quick: a coarse grid on few units/images.
+#: full run: Zhou et al.'s occluder and stride; quick: coarse tiles (every RF is hit) on
+#: few units/images.
 SETTINGS = {
     "full": {"units": 10, "top_k": 10, "images": 92, "window": 11, "stride": 3, "layers": None},
-    "quick": {"units": 1, "top_k": 1, "images": 8, "window": 11, "stride": 32, "layers": 3},
+    "quick": {"units": 1, "top_k": 1, "images": 8, "window": 24, "stride": 24, "layers": 3},
 }
 
 
