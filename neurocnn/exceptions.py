@@ -17,6 +17,7 @@ __all__ = [
     "MissingFileError",
     "OverwriteError",
     "NoSelectiveUnitsError",
+    "AnalysisFailedError",
 ]
 
 
@@ -54,3 +55,7 @@ class OverwriteError(NeurocnnError, FileExistsError):
 
 class NoSelectiveUnitsError(NeurocnnError, ValueError):
     """No unit passes the selectivity criterion at the chosen threshold."""
+
+
+class AnalysisFailedError(NeurocnnError, RuntimeError):
+    """An analysis script (``analyses/*.py``) failed or left no result the paper needs."""
