@@ -15,7 +15,7 @@ The mid layer is the middle spatial, non-rectified layer of the architecture's d
 layers and the deep layer the last one (AlexNet: conv3 and conv5; Lite0: stage4 and
 stage7), chosen from the spec, not by name.
 Writes netCDF + PNG per panel into ``--out``. ``--quick`` uses few optimization steps
-and a few faces (< 60 s on a shared 2-core CPU).
+a few faces, 16 activation maps and no bottom-9 panels (< 60 s on a shared 2-core CPU).
 """
 
 from __future__ import annotations
@@ -81,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     subject = make_subject(args)
     stim = nc.load_stimuli("92images")
     face = np.asarray(stim.metadata["face"]) == 1
-    steps = 8 if args.quick else 256
-    dream_steps = 3 if args.quick else 10
-    n_faces = 4 if args.quick else int(face.sum())
+    steps = 4 if args.quick else 256
+    dream_steps = 2 if args.quick else 10
+    n_faces = 3 if args.quick else int(face.sum())
+    n_maps = 16 if args.quick else 64
+    directions = (False,) if args.quick else (False, True)
     ow, progress, seed = args.overwrite, args.progress, args.seed
 
     # 1. first-layer filters
@@ -98,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     face_image = stim.subset([int(np.flatnonzero(face)[0])])
     maps = visualization.activation_maps(subject, face_image, mid)
     _save(maps, out, f"activation_maps_{mid}", ow)
-    _figure(visualization.plot_activation_maps(maps.isel(channel=slice(0, 64))), out, f"activation_maps_{mid}", ow)
+    _figure(visualization.plot_activation_maps(maps.isel(channel=slice(0, n_maps))), out, f"activation_maps_{mid}", ow)
 
     # 3. top-9 / bottom-9 crops of a face-selective and a strongly driven unit per layer
     acts = subject.activations(stim, [mid, deep], progress=progress)
     units = {layer: _pick_units(acts[layer], face) for layer in (mid, deep)}
     for layer, chosen in units.items():
         for role, channel in chosen.items():
-            for bottom in (False, True):
+            for bottom in directions:
                 top = visualization.top_examples(subject, stim, layer, channel, k=9, bottom=bottom,
                                                  activations=acts[layer], progress=False)
                 tag = f"{'bottom' if bottom else 'top'}9_{layer}_ch{channel}"

@@ -153,7 +153,7 @@ def plot_activation_maps(maps: xr.DataArray, *, ncols: int = 8, vmax: float | No
     limit = float(vmax) if vmax is not None else float(np.abs(values).max()) or 1.0
     titles = [f"ch {int(c)}" for c in maps["channel"].values]
     fig = image_grid(values, titles=titles, ncols=ncols, cmap="gray", vmin=-limit, vmax=limit, size=size)
-    fig.suptitle(f"{maps.attrs.get('alias') or maps.attrs.get('layer', '')} — {maps.attrs.get('stimulus', '')}")
+    fig.suptitle(f"{maps.attrs.get('alias') or maps.attrs.get('layer', '')} — {maps.attrs.get('stimulus', '')}", y=1.01)
     return fig
 
 
@@ -209,7 +209,7 @@ def plot_filters(filters: xr.DataArray, *, ncols: int = 8, size: float = 0.8):
     for ax in fig.axes:
         for im in ax.get_images():
             im.set_interpolation("nearest")
-    fig.suptitle(f"{filters.attrs.get('model', '')} {filters.attrs.get('layer', '')} filters")
+    fig.suptitle(f"{filters.attrs.get('model', '')} {filters.attrs.get('layer', '')} filters", y=1.01)
     return fig
 
 
@@ -404,7 +404,7 @@ def plot_top_examples(result: xr.Dataset, *, ncols: int = 3, size: float = 1.6):
     fig = image_grid(np.clip(result["crop"].values, 0, 1), titles=titles, ncols=ncols, size=size)
     fig.suptitle(
         f"{result.attrs.get('alias') or result.attrs.get('layer')} ch {result.attrs.get('channel')} "
-        f"({result.attrs.get('direction')})", fontsize=9,
+        f"({result.attrs.get('direction')})", fontsize=9, y=1.01,
     )
     return fig
 
