@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -21,10 +23,18 @@ import neurocnn as nc  # noqa: E402
 from _common import make_parser, make_subject, output_dir  # noqa: E402
 from neurocnn import tasks  # noqa: E402
 
-SIZES = {  # (fractions, n_train, n_test, n_repeats, layers: positions in default_layers)
-    "full": ((0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 800, 160, 2, (1, 3, 4, 6, 8)),
-    "quick": ((0.0, 0.5, 1.0), 40, 24, 1, (3, 8)),
+SIZES = {  # (fractions, n_train, n_test, n_repeats, number of layers)
+    "full": ((0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 800, 160, 2, 5),
+    "quick": ((0.0, 0.5, 1.0), 40, 24, 1, 2),
 }
+
+
+def _spread_layers(subject, n: int) -> list[str]:
+    """``n`` default layers spread evenly over depth, among those with weights (synapse KO needs them), output layer excluded."""
+    weighted = [name for name in subject.default_layers[:-1]
+                if any(isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)) for m in subject.module(name).modules())]
+    index = np.unique(np.round(np.linspace(0, len(weighted) - 1, n)).astype(int))
+    return [weighted[i] for i in index]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = output_dir(args)
     t0 = time.time()
-    fractions, n_train, n_test, n_repeats, positions = SIZES["quick" if args.quick else "full"]
+    fractions, n_train, n_test, n_repeats, n_layers = SIZES["quick" if args.quick else "full"]
     subject = make_subject(args)
-    defaults = subject.default_layers
-    layers = args.layers or [defaults[min(p, len(defaults) - 2)] for p in positions]
+    layers = args.layers or _spread_layers(subject, n_layers)
     floc = nc.load_stimuli("floc")
     task = tasks.make_pair_task(floc, ("face", "house"), n_train=n_train, n_test=n_test, seed=args.seed)
     readout = tasks.fit_readout(subject, task, seed=args.seed, progress=args.progress)
