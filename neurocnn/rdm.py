@@ -73,6 +73,7 @@ _PROVENANCE_KEYS = ("model", "weights_sha256", "layer", "alias", "relu", "prepro
 _DEFAULT_CHUNK_BYTES = 256 * 2**20
 _TAU_PLAN_MAX_PAIRS = 20_000
 _TAU_BLOCK_ELEMENTS = 2**22
+_TAU_GRID_CELLS = 2**16
 _SYMMETRY_RTOL = 1e-6
 
 
@@ -548,25 +549,33 @@ def _block_forms(w: torch.Tensor, blocks: torch.Tensor, mask_keys: torch.Tensor,
     return out
 
 
-def _grid_forms(w: torch.Tensor, abins: torch.Tensor, na: int, bbins: torch.Tensor, nb: int) -> torch.Tensor:
+def _grid_forms(w: np.ndarray, abins: np.ndarray, na: int, bbins: np.ndarray, nb: int) -> np.ndarray:
     """Pairs in different a-bins and different b-bins: sum of w_p w_q sign(b_q - b_p)
-    over abin_p < abin_q, from the (a-bin, b-bin) weight histogram. w (S, P) float64,
-    abins (P,), bbins (r, P) -> (S, r)."""
+    over abin_p < abin_q, from the (a-bin, b-bin) weight histogram H of each sample:
+    sum over cells of H * (weight in lower a-bins and lower b-bins - lower a-bins and
+    higher b-bins). w (S, P) integer-valued, abins (P,), bbins (r, P) -> (S, r).
+
+    Exact (integers in float64), in sample sub-chunks that stay in cache; numpy, as
+    many small multithreaded ops stall on a busy machine.
+    """
     S, P = w.shape
     r = bbins.shape[0]
-    out = torch.empty((S, r), dtype=torch.float64)
-    step = max(1, 2**22 // (S * max(na * nb, P)))
-    for start in range(0, r, step):
-        stop = min(r, start + step)
-        c = stop - start
-        cells = (torch.arange(c)[:, None] * (na * nb) + abins[None, :] * nb + bbins[start:stop]).reshape(-1)
-        H = torch.zeros((S, c * na * nb), dtype=torch.float64)
-        H.index_add_(1, cells, w.repeat(1, c))
-        H = H.view(S, c, na, nb)
-        low = H.cumsum(2) - H  # weight in lower a-bins
-        cum = low.cumsum(3)
-        balance = (cum - low) - (cum[..., -1:] - cum)  # lower minus higher b-bins
-        out[:, start:stop] = (H * balance).sum((2, 3))
+    cells = abins[None, :] * nb + bbins  # (r, P)
+    out = np.empty((S, r))
+    sub = max(1, _TAU_GRID_CELLS // (na * nb))
+    for s0 in range(0, S, sub):
+        ws = w[s0 : s0 + sub]
+        n = ws.shape[0]
+        offsets = np.arange(n)[:, None] * (na * nb)
+        for j in range(r):
+            H = np.bincount((offsets + cells[j]).ravel(), weights=ws.ravel(),
+                            minlength=n * na * nb).reshape(n, na, nb)
+            low = np.zeros_like(H)  # weight in lower a-bins, per b-bin
+            np.cumsum(H[:, :-1], 1, out=low[:, 1:])
+            cum = np.cumsum(low, 2)  # ... and b-bins up to this one
+            # lower b-bins - higher b-bins = (cum - low) - (row total - cum)
+            out[s0 : s0 + n, j] = (2.0 * np.einsum("sab,sab->s", H, cum) - np.einsum("sab,sab->s", H, low)
+                                   - np.einsum("sa,sa->s", cum[:, :, -1], H.sum(2)))
     return out
 
 
@@ -579,15 +588,15 @@ def _tau_cd_planned(pa: _TauPlan, pb: _TauPlan, w: np.ndarray) -> np.ndarray:
     """
     S, P = w.shape
     ka, kb = pa.rank.shape[0], pb.rank.shape[0]
-    w64 = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
-    wp = torch.cat([w64, torch.zeros((S, 1), dtype=torch.float64)], 1)
+    wp = torch.from_numpy(np.concatenate([w, np.zeros((S, 1))], 1))  # pad column P
     block_max = max(pa.size, pb.size) * float(w.max(initial=0.0))
     dtype = torch.float32 if block_max * block_max < 2**24 else torch.float64
     ranka, rankb = pa.rank.to(dtype), pb.rank.to(dtype)
     out = torch.zeros((S, ka, kb), dtype=torch.float64)
     for i in range(ka):
         out[:, i, :] += _block_forms(wp, pa.blocks[i], ranka[i : i + 1], rankb, dtype)
-        out[:, i, :] += _grid_forms(w64, pa.bins[i, :P], pa.n_bins[i], pb.bins[:, :P], max(pb.n_bins))
+        out[:, i, :] += torch.from_numpy(
+            _grid_forms(w, pa.bins[i, :P].numpy(), pa.n_bins[i], pb.bins[:, :P].numpy(), max(pb.n_bins)))
     binsa = pa.bins.to(dtype)
     for j in range(kb):
         out[:, :, j] += _block_forms(wp, pb.blocks[j], binsa, rankb[j : j + 1], dtype)
