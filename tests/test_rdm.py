@@ -211,11 +211,83 @@ def test_tau_a_with_ties_by_hand():
     assert float(rdm.compare_rdms(x, y, "tau_a")) == pytest.approx(s / 15.0, abs=1e-15)
 
 
-def test_tau_a_large_fallback_matches_sign_path(monkeypatch):
+def test_tau_a_large_fallback_matches_planned_path(monkeypatch):
     a, b = _vectors(2, 12, 5, ties=True), _vectors(2, 12, 6, ties=True)
     exact = rdm.compare_rdms(a, b, "tau_a").values
     monkeypatch.setattr(rdm, "_TAU_PLAN_MAX_PAIRS", 10)
-    np.testing.assert_allclose(rdm.compare_rdms(a, b, "tau_a").values, exact, atol=1e-12)
+    np.testing.assert_array_equal(rdm.compare_rdms(a, b, "tau_a").values, exact)
+    brute = [[_tau_a_brute(x, y, np.ones(x.size)) for y in b] for x in a]
+    np.testing.assert_allclose(exact, brute, atol=1e-12)
+
+
+def _tau_a_brute(a, b, w):
+    """Weighted tau-a from explicit O(P^2) sign matrices (the former implementation)."""
+    cd = (np.sign(a[:, None] - a[None, :]) * np.sign(b[:, None] - b[None, :]) * np.outer(w, w)).sum() / 2
+    n = w.sum()
+    return cd / (n * (n - 1) / 2)
+
+
+def _stimulus_weights(counts):
+    n = counts.shape[-1]
+    iu = np.triu_indices(n, 1)
+    return (counts[:, iu[0]] * counts[:, iu[1]]).astype(np.float64)[:, None, :]
+
+
+@pytest.mark.parametrize("small_chunks", [False, True])
+def test_weighted_tau_a_fast_paths_equal_sign_matrices(monkeypatch, small_chunks):
+    """Planned (binned) and expanded (scipy) weighted tau-a == O(P^2) sign sums, exactly,
+    with tie groups larger than a bin, a constant RDM, and float64 block sums."""
+    if small_chunks:  # exercise the chunk loops
+        monkeypatch.setattr(rdm, "_TAU_BLOCK_ELEMENTS", 64)
+        monkeypatch.setattr(rdm, "_TAU_GRID_CELLS", 8)
+    n = 30
+    a, b = _vectors(4, n, 11), _vectors(3, n, 12, ties=True)
+    a[1] = np.round(a[1] * 2)  # 3 values: tie groups far larger than a bin (size 16)
+    a[2, ::3] = a[2, 0]
+    b[2] = 1.0  # constant: every pair tied
+    counts = np.random.default_rng(3).multinomial(n, np.ones(n) / n, size=6)
+    w = _stimulus_weights(counts)
+    w[5] *= 900  # block sums beyond float32's exact integers -> float64 path
+    brute = np.array([[[_tau_a_brute(x, y, ws[0]) for y in b] for x in a] for ws in w])
+    planned = rdm._cmp_tau_a(rdm._prep_tau(a[None], order=rdm._TauPlan.of(a)),
+                             rdm._prep_tau(b[None], order=rdm._TauPlan.of(b)), w)
+    np.testing.assert_allclose(planned, brute, atol=1e-12)
+    assert np.all(planned[:, :, 2] == 0.0)
+    expanded = rdm._cmp_tau_a(np.broadcast_to(a, (6,) + a.shape), b[None], w)  # per-sample path
+    np.testing.assert_allclose(expanded, brute, atol=1e-12)
+    cd_planned = rdm._tau_cd_planned(rdm._TauPlan.of(a), rdm._TauPlan.of(b), w[:, 0])
+    np.testing.assert_array_equal(cd_planned, rdm._tau_cd_expanded(a[None], b[None], w))
+    np.testing.assert_array_equal(cd_planned, np.round(cd_planned))  # integer counts
+
+
+@pytest.mark.filterwarnings("ignore:Noise ceiling for tau based on averaged ranks:UserWarning")
+def test_tau_a_bootstrap_92images_equals_rsatoolbox_resampled_rdms():
+    """The first samples of a tau-a bootstrap over stimuli and subjects on the 92 images
+    (categorical model RDMs with large ties), redone by rsatoolbox on explicitly
+    resampled RDMs."""
+    from rsatoolbox.util.inference_util import pool_rdm
+
+    brain = rdm.load_92images_brain_rdms().groupby("subject").mean()
+    models = rdm.load_92images_reference_rdms().isel(rdm=[2, 3, 5, 8])  # animacy, categories, EVA, V1
+    ds = rdm.bootstrap_rdm_comparison(models, brain, "tau_a", n_bootstrap=3, over="both", seed=7,
+                                      progress=False)
+    samples = rdm._draw(np.random.default_rng(7), 3, 92, 4, "both")
+    m_rdms, b_rdms = rsa_rdm.RDMs(models.values), rsa_rdm.RDMs(brain.values)
+    for s in range(3):
+        idx = np.repeat(np.arange(92), samples.stim[s])
+        c = samples.subj[s].astype(float)
+        sub_b = b_rdms.subsample_pattern("index", idx)
+        sims = rsa_rdm.compare(m_rdms.subsample_pattern("index", idx), sub_b, "tau-a")
+        np.testing.assert_allclose(ds.evaluation[:, s], sims @ c / c.sum(), atol=1e-12)
+        # noise ceiling: subjects enter c times, leave-one-out drops all copies of one
+        keep = np.flatnonzero(c)
+        up = rsa_rdm.compare(pool_rdm(sub_b.subsample("index", np.repeat(np.arange(4), samples.subj[s])),
+                                      "tau-a"), sub_b, "tau-a")[0]
+        lo = [rsa_rdm.compare(pool_rdm(sub_b.subsample("index", np.repeat(np.delete(np.arange(4), i),
+                                                                          np.delete(samples.subj[s], i))),
+                                       "tau-a"), sub_b[i], "tau-a")[0, 0] for i in keep]
+        np.testing.assert_allclose(ds.noise_ceiling_samples[:, s],
+                                   [np.mean(lo) if len(keep) > 1 else np.nan, up[keep].mean()], atol=1e-12)
 
 
 def test_compare_reorders_stimuli_and_accepts_formats():
