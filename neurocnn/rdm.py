@@ -22,7 +22,10 @@ Bootstrap resampling of stimuli follows rsatoolbox (``bootstrap_sample_pattern``
 stimulus with its own copies are dropped. Here this is done exactly without building
 the resampled matrices: the dissimilarity of stimuli ``i < j`` enters with weight
 ``c_i * c_j`` (weighted ranks, weighted moments), which is what makes the bootstrap
-vectorized over samples.
+vectorized over samples. Kendall's tau-a with such weights is counted exactly in
+O(P sqrt(P)) per sample for fixed RDMs (value bins plus a bin-grid histogram, see
+:func:`_tau_cd_planned`) and with scipy's O(P log P) count on the repeated entries for
+RDMs pooled per sample (noise ceilings).
 """
 
 from __future__ import annotations
@@ -737,14 +740,23 @@ def _compare_prepared(PA, PB, method, w=None) -> np.ndarray:
     return _COMPARE[method][1](PA, PB, w)
 
 
-def _compare_paired(PA, PB, method, w=None) -> np.ndarray:
-    """Row i of PA (S, k, P) vs row i of PB (1, k, P) -> (S, k); tau-a compares only
-    those pairs (its per-sample cost is per comparison), the others take the diagonal."""
-    if method != "tau_a":
-        return np.diagonal(_compare_prepared(PA, PB, method, w), axis1=1, axis2=2)
+def _paired_diagonal(PA, PB, method, w=None) -> np.ndarray:
+    return np.diagonal(_compare_prepared(PA, PB, method, w), axis1=1, axis2=2)
+
+
+def _paired_tau_a(PA, PB, method, w=None) -> np.ndarray:
     PB = PB.values if isinstance(PB, _Planned) else PB
     return np.stack([_cmp_tau_a(PA[:, i : i + 1], PB[:, i : i + 1], w)[:, 0, 0]
                      for i in range(PA.shape[1])], axis=1)
+
+
+# tau-a's cost is per comparison (not a matmul), so paired comparisons skip the others.
+_PAIRED: dict[str, Callable[..., np.ndarray]] = {"tau_a": _paired_tau_a}
+
+
+def _compare_paired(PA, PB, method, w=None) -> np.ndarray:
+    """Row i of PA (S, k, P) vs row i of PB (1, k, P) -> (S, k)."""
+    return _PAIRED.get(method, _paired_diagonal)(PA, PB, method, w)
 
 
 def _compare_batched(A, B, method, w=None, orders=(None, None)) -> np.ndarray:
