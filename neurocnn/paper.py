@@ -369,7 +369,7 @@ def _virtual_tms(folder: Path) -> dict[str, str]:
         "tms_cat_b": cats[1],
         "tms_intact_a": _f(ds["accuracy"].sel(condition="intact", category=cats[0])),
         "tms_intact_b": _f(ds["accuracy"].sel(condition="intact", category=cats[1])),
-        "tms_table": _table(["condition", *(f"{c} pairs: accuracy [95% CI]" for c in cats)], rows),
+        "tms_table": _table(["condition", *(f"{c} pairs: accuracy [CI]" for c in cats)], rows),
         "fig_tms": _figure(folder, "virtual_tms.png"),
     }
     for manipulation, key in (("knockout", "ko"), ("tms", "noise")):
@@ -380,8 +380,8 @@ def _virtual_tms(folder: Path) -> dict[str, str]:
             f"tms_{key}_p_perm": _p(r["p_permutation"]),
             f"tms_{key}_p_logit": _p(r["p_logit"]),
         })
-    values["tms_n_perm"] = _int(inter.attrs.get("n_perm", inter["p_permutation"].attrs.get("n_perm", 0))) \
-        if "n_perm" in inter.attrs or "n_perm" in inter["p_permutation"].attrs else "n/a"
+    values["tms_n_perm"] = _int(inter.attrs["n_perm"])
+    values["tms_ci"] = _f(100 * float(ds.attrs["ci"]), 0)
     return values
 
 
@@ -679,7 +679,7 @@ def _styles():
     }
 
 
-def _table(rows: list[str], caption: str | None, number: int, styles, width: float) -> list:
+def _pdf_table(rows: list[str], caption: str | None, number: int, styles, width: float) -> list:
     from reportlab.lib import colors
     from reportlab.platypus import KeepTogether, Paragraph, Table, TableStyle
 
@@ -699,7 +699,7 @@ def _table(rows: list[str], caption: str | None, number: int, styles, width: flo
     return [KeepTogether(head + [table]), Paragraph("", styles["caption"])]
 
 
-def _figure(path: Path, caption: str, number: int, styles, width: float, max_height: float) -> list:
+def _pdf_figure(path: Path, caption: str, number: int, styles, width: float, max_height: float) -> list:
     from reportlab.lib.utils import ImageReader
     from reportlab.platypus import Image, KeepTogether, Paragraph
 
@@ -771,7 +771,7 @@ def markdown_to_pdf(markdown: str, pdf: str | Path, *, base_dir: str | Path, tit
             while j < len(lines) and lines[j].strip().startswith("|"):
                 j += 1
             counters["table"] += 1
-            story.extend(_table(lines[i:j], caption, counters["table"], styles, doc.width))
+            story.extend(_pdf_table(lines[i:j], caption, counters["table"], styles, doc.width))
             caption, i = None, j
             continue
         match = _IMAGE.match(stripped)
@@ -781,7 +781,7 @@ def markdown_to_pdf(markdown: str, pdf: str | Path, *, base_dir: str | Path, tit
             if not path.is_file():
                 raise MissingFileError(f"Figure {match['path']!r} of the manuscript does not exist under {base_dir}.")
             counters["figure"] += 1
-            story.extend(_figure(path, match["caption"], counters["figure"], styles, doc.width, doc.height * 0.6))
+            story.extend(_pdf_figure(path, match["caption"], counters["figure"], styles, doc.width, doc.height * 0.6))
         elif stripped.startswith("Table:"):
             flush()
             caption = stripped[len("Table:"):].strip()
