@@ -418,17 +418,19 @@ def _feature_visualization(folder: Path) -> dict[str, str]:
     if not maps or not tops:
         raise AnalysisFailedError(f"Analysis 'feature_visualization' left no activation-map or top-9 figure in {folder}.")
     unit_files = sorted(folder.glob("maximize_*_ch*.nc"))
-    roles = [io.load(p).attrs.get("role", "") for p in unit_files]
-    top = io.load(folder / tops[0].with_suffix(".nc").name) if tops[0].with_suffix(".nc").exists() else None
+    roles = sorted({str(io.load(p).attrs["role"]) for p in unit_files})
+    top = _load(folder, tops[0].with_suffix(".nc").name)
     return {
         "fv_mid_layer": maps[0].stem[len("activation_maps_"):],
         "fv_n_units": _int(len(unit_files)),
-        "fv_roles": ", ".join(sorted(set(map(str, roles)))),
-        "fv_class": str(klass.attrs.get("class_name", klass.attrs.get("target", ""))),
+        "fv_roles": ", ".join(roles),
+        "fv_class": str(klass.attrs["target"]),
+        "fv_initial": _f(klass.attrs["initial_activation"], 2),
+        "fv_final": _f(klass.attrs["final_activation"], 2),
         "fv_classified_as": str(klass.attrs["classified_as"]),
         "fv_classified_p": _f(klass.attrs["classified_probability"], 3),
-        "fv_steps": _int(klass.attrs.get("steps", 0)),
-        "fv_top_k": _int(top.sizes.get("rank", 0)) if top is not None else "n/a",
+        "fv_steps": _int(klass.attrs["steps"]),
+        "fv_top_k": _int(top.sizes["rank"]),
         "fig_fv_filters": _figure(folder, "filters.png"),
         "fig_fv_maps": _figure(folder, maps[0].name),
         "fig_fv_top": _figure(folder, tops[0].name),
@@ -513,7 +515,11 @@ def collect_values(out: str | Path, names: Sequence[str] | None = None) -> dict[
         if not (out / name).is_dir():
             raise AnalysisFailedError(f"Analysis {name!r} has no output folder {out / name}.")
     for name, extract in EXTRACTORS.items():
-        values.update(extract(out / name))
+        try:
+            values.update(extract(out / name))
+        except KeyError as err:
+            raise AnalysisFailedError(f"The results of analysis {name!r} in {out / name} lack {err}; "
+                                      f"re-run analyses/{name}.py with this version of neurocnn.") from err
     values["other_analyses"] = _other_analyses(out, [n for n in names if n not in EXTRACTORS])
     values.update(_benchmark_values(out))
     model = values["hit_model"]

@@ -117,7 +117,8 @@ def _fake_results(out: Path, extra: tuple[str, ...] = ()) -> Path:
 
     fv = out / "feature_visualization"
     image = xr.Dataset({"image": (("y", "x", "rgb"), np.zeros((4, 4, 3)))},
-                       attrs={"class_name": "Siamese cat", "classified_as": "Siamese cat",
+                       attrs={"target": "class 284 (Siamese cat) logit", "classified_as": "Siamese cat",
+                              "initial_activation": -0.1, "final_activation": 2.345,
                               "classified_probability": 0.876, "steps": 8, "role": "face"})
     nc.io.save(image, fv / "maximize_class.nc")
     nc.io.save(image, fv / "maximize_stage4_ch3.nc")
@@ -170,6 +171,7 @@ def test_every_field_is_filled_from_the_results(results: Path) -> None:
     assert "28 face and 17 place channels of 80" in text
     assert "was 0.079 (CI [0.010, 0.150]; permutation p 0.044; logistic-regression p 0.139)" in text
     assert "logistic p n/a" in text  # NaN (separation) is reported, not hidden
+    assert "Maximizing the class 284 (Siamese cat) logit for 8 steps raised it from -0.10 to 2.35" in text
     assert "classifies as \"Siamese cat\" (p = 0.876)" in text
     assert "| head | node | 0.80 / 0.90 | 0.60 / 0.90 | 0.55 / 0.90 |" in text
     assert "between 0.14 and 0.83 times the theoretical one" in text
@@ -243,3 +245,12 @@ def test_run_analyses_rejects_unknown_names(tmp_path: Path) -> None:
         paper.run_analyses(tmp_path / "out", repo=tmp_path, names=["nope"])
     with pytest.raises(MissingFileError, match="No analyses/ folder"):
         paper.list_analyses(tmp_path / "missing")
+
+
+def test_result_without_a_needed_attribute_fails_naming_the_analysis(results: Path) -> None:
+    path = results / "feature_visualization" / "maximize_class.nc"
+    ds = nc.io.load(path)
+    ds.attrs.pop("classified_as")
+    nc.io.save(ds, path, overwrite=True)
+    with pytest.raises(AnalysisFailedError, match="'feature_visualization'.*lack 'classified_as'"):
+        paper.collect_values(results)
