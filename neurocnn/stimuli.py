@@ -237,10 +237,13 @@ class BatchIterator:
 
 
 def _array_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    # Channel-last unless only channel-first fits; when both fit, numpy arrays are read
+    # channel-last (image convention) and torch tensors channel-first (torch convention).
+    channel_last_default = isinstance(images, np.ndarray)
     t = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
     if t.ndim == 3:
         t = t[:, None].expand(-1, 3, -1, -1)
-    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+    elif t.ndim == 4 and t.shape[-1] in (1, 3) and (t.shape[1] not in (1, 3) or channel_last_default):
         t = t.permute(0, 3, 1, 2)
     if t.ndim != 4 or t.shape[1] not in (1, 3):
         raise StimulusError(

@@ -90,6 +90,16 @@ def test_arrays_of_every_layout():
     assert a.coords()["cond"][1].tolist() == ["a", "b", "a", "b"]
 
 
+def test_ambiguous_layouts_follow_the_library_convention():
+    hwc = np.zeros((2, 3, 5, 3), dtype=np.uint8)  # 3 rows of 5 pixels, RGB
+    hwc[:, :, :, 0] = 255
+    img = load_stimuli(hwc).load(0)
+    assert img.shape == (3, 3, 5) and float(img[0].min()) == 1.0 and float(img[1].max()) == 0.0
+    chw = torch.zeros(2, 3, 3, 3)
+    chw[:, 0] = 1.0
+    assert float(load_stimuli(chw).load(0)[0].min()) == 1.0
+
+
 def test_bad_arrays():
     with pytest.raises(StimulusError, match=r"\[0, 1\]"):
         load_stimuli(np.full((2, 3, 4, 4), 2.0, dtype=np.float32))
