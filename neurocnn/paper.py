@@ -30,6 +30,7 @@ from .exceptions import AnalysisFailedError, MissingFileError
 
 __all__ = [
     "REPO",
+    "ALPHA",
     "EXTRACTORS",
     "BENCHMARK_ARGS",
     "list_analyses",
@@ -58,6 +59,8 @@ BENCHMARK_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 _TAIL_LINES = 15
+#: Significance level of the counts reported in the text (layers at the ceiling, FWE voxels).
+ALPHA = 0.05
 
 
 # ------------------------------------------------------------------ running scripts
@@ -249,7 +252,8 @@ def _layers_vs_hit(folder: Path) -> dict[str, str]:
              _p(tau["p_layer_vs_lower_ceiling"].sel(layer=name)), _f(rho["observed"].sel(layer=name))]
             for name in layers]
     nc_tau = tau["noise_ceiling"]
-    n_reach = int((tau["p_layer_vs_lower_ceiling"].values >= 0.05).sum())
+    n_reach = int((tau["p_layer_vs_lower_ceiling"].values >= ALPHA).sum())
+    ci_name = f"{_f(100 * float(ds.attrs['ci']), 0)}% CI" if "ci" in ds.attrs else "bootstrap CI"
     return {
         "hit_model": str(ds.attrs["model"]),
         "hit_weights": _short_sha(ds.attrs),
@@ -270,7 +274,7 @@ def _layers_vs_hit(folder: Path) -> dict[str, str]:
         "hit_n_reach_ceiling": _int(n_reach),
         "hit_first_layer": layers[0],
         "hit_first_tau": _f(tau["observed"].sel(layer=layers[0])),
-        "hit_table": _table(["layer", "τ_A", "95% CI", "p (layer < lower ceiling)", "Spearman ρ"], rows),
+        "hit_table": _table(["layer", "τ_A", ci_name, "p (layer < lower ceiling)", "Spearman ρ"], rows),
         "fig_hit_tau": _figure(folder, "layers_vs_hit_tau_a.png"),
         "fig_hit_rdms": _figure(folder, "rdms.png"),
     }
@@ -308,7 +312,7 @@ def _haxby_searchlight(folder: Path) -> dict[str, str]:
         c, p = ds["correlation"].sel(layer=name), ds["p_fwe"].sel(layer=name)
         rho, (x, y, _) = _peak(c)
         rows.append([str(name), _f(rho), f"({x:.1f}, {y:.1f})", _f(np.nanmean(c.values)),
-                     _int((p.values < 0.05).sum()), _p(np.nanmin(p.values))])
+                     _int((p.values < ALPHA).sum()), _p(np.nanmin(p.values))])
     return {
         "hx_data": str(ds.attrs["data"]),
         "hx_n_centres": _int(ds.attrs["n_centres"]),
@@ -316,7 +320,7 @@ def _haxby_searchlight(folder: Path) -> dict[str, str]:
         "hx_n_categories": _int(ds.attrs["n_stimuli"]),
         "hx_n_permutations": _int(ds.attrs["n_permutations"]),
         "hx_lag": _int(ds.attrs["lag_volumes"]),
-        "hx_table": _table(["model RDM", "peak ρ", "peak (mm)", "mean ρ", "voxels p_FWE < 0.05", "min p_FWE"], rows),
+        "hx_table": _table(["model RDM", "peak ρ", "peak (mm)", "mean ρ", f"voxels p_FWE < {ALPHA}", "min p_FWE"], rows),
         "fig_hx": _figure(folder, "haxby_searchlight.png"),
     }
 
@@ -506,7 +510,7 @@ def collect_values(out: str | Path, names: Sequence[str] | None = None) -> dict[
         If an analysis's folder, result file or figure is missing (names the analysis).
     """
     out = Path(out)
-    values = _run_values(out)
+    values = {**_run_values(out), "alpha": _f(ALPHA, 2)}
     names = list(names) if names is not None else [str(n) for n in _load(out, "run_times.nc")["analysis"].values]
     missing = [n for n in EXTRACTORS if n not in names]
     if missing:
@@ -637,6 +641,7 @@ _INLINE = (
     (re.compile(r"`([^`]+)`"), r'<font face="DejaVuSansMono">\1</font>'),
     (re.compile(r"\*\*([^*]+)\*\*"), r"<b>\1</b>"),
     (re.compile(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])"), r"<i>\1</i>"),
+    (re.compile(r"([\u0391-\u03c9])_([A-Za-z]+)"), r"\1<sub>\2</sub>"),  # τ_A -> τ with subscript A
 )
 
 
@@ -710,7 +715,7 @@ def _pdf_figure(path: Path, caption: str, number: int, styles, width: float, max
     from reportlab.platypus import Image, KeepTogether, Paragraph
 
     w, h = ImageReader(str(path)).getSize()
-    scale = min(width / w, max_height / h)
+    scale = min(0.9 * width / w, max_height / h)
     image = Image(str(path), width=w * scale, height=h * scale)
     return [KeepTogether([image, Paragraph(f"<b>Figure {number}.</b> {_inline(caption)}", styles["caption"])])]
 
@@ -787,7 +792,7 @@ def markdown_to_pdf(markdown: str, pdf: str | Path, *, base_dir: str | Path, tit
             if not path.is_file():
                 raise MissingFileError(f"Figure {match['path']!r} of the manuscript does not exist under {base_dir}.")
             counters["figure"] += 1
-            story.extend(_pdf_figure(path, match["caption"], counters["figure"], styles, doc.width, doc.height * 0.6))
+            story.extend(_pdf_figure(path, match["caption"], counters["figure"], styles, doc.width, doc.height * 0.45))
         elif stripped.startswith("Table:"):
             flush()
             caption = stripped[len("Table:"):].strip()
