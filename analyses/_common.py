@@ -6,8 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from neurocnn import VirtualSubject
+from neurocnn import VirtualSubject, datasets
 from neurocnn.exceptions import MissingFileError
+from neurocnn.models import get_spec
 
 logger = logging.getLogger("neurocnn.analyses")
 
@@ -35,10 +36,12 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
 
 
 def make_subject(args: argparse.Namespace) -> VirtualSubject:
-    """Return the subject the arguments ask for (AlexNet first, when its weights exist)."""
+    """Return the subject the arguments ask for (AlexNet first, when its weights are present locally)."""
     if args.model is not None:
         return VirtualSubject(args.model, weights=args.weights)
     try:
+        if args.weights == "pretrained":
+            datasets.fetch(get_spec("alexnet").weights, download=False)
         return VirtualSubject("alexnet", weights=args.weights)
     except MissingFileError:
         logger.info("AlexNet weights not available; using the embedded EfficientNet-Lite0")

@@ -39,7 +39,7 @@ def check_option(kind: str, value: Any, valid: Iterable[str]) -> str:
     shown = ", ".join(repr(v) for v in valid[:60])
     if len(valid) > 60:
         shown += f", ... ({len(valid)} in all)"
-    raise UnknownNameError(f"Unknown {kind} {value!r}.{hint} Valid {kind}s: {shown}.")
+    raise UnknownNameError(f"Unknown {kind} {value!r}.{hint} Valid choices: {shown}.")
 
 
 def check_fraction(name: str, value: float) -> float:

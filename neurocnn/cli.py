@@ -76,6 +76,85 @@ def _cmd_rsa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rf(args: argparse.Namespace) -> int:
+    from .receptive_fields import theoretical_rf
+    from .subject import VirtualSubject
+
+    subject = VirtualSubject(args.model, weights=None)
+    table = theoretical_rf(subject, args.layers or None)
+    sys.stdout.write(f"theoretical receptive fields of {args.model} (px of the network input)\n")
+    sys.stdout.write(table.to_dataframe().to_string() + "\n")
+    return 0
+
+
+def _cmd_maximize(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+
+    from . import io
+    from .plotting import save_figure
+    from .subject import VirtualSubject
+    from .visualization import maximize_activation, plot_images
+
+    out = Path(args.out)
+    for path in (out.with_suffix(".nc"), out.with_suffix(".png")):
+        io.check_writable(path, overwrite=args.overwrite)
+    subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
+    result = maximize_activation(
+        subject, args.layer, args.channel, class_name=args.class_name, minimize=args.minimize,
+        steps=args.steps, seed=args.seed, progress=not args.no_progress,
+    )
+    io.save(result, out.with_suffix(".nc"), overwrite=args.overwrite)
+    fig = plot_images(result)
+    save_figure(fig, out.with_suffix(".png"), overwrite=args.overwrite)
+    plt.close(fig)
+    sys.stdout.write(f"wrote {out.with_suffix('.nc')} and {out.with_suffix('.png')}\n")
+    return 0
+
+
+def _cmd_attribute(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+
+    from . import io
+    from .attribution import attribute
+    from .plotting import save_figure
+    from .subject import VirtualSubject
+
+    out = Path(args.out)
+    io.check_writable(out, overwrite=args.overwrite)
+    subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
+    target = {"class_name": args.class_name} if args.class_name else {"layer": args.layer, "channel": args.channel}
+    result = attribute(subject, args.stimuli, args.method, **target)
+    io.save(result, out, overwrite=args.overwrite)
+    sys.stdout.write(f"wrote {out}\n")
+    plt.close("all")
+    return 0
+
+
+def _cmd_analysis(args: argparse.Namespace) -> int:
+    import runpy
+
+    from .paper import REPO, list_analyses
+    from ._validation import check_option
+
+    name = check_option("analysis", args.name, list_analyses(REPO))
+    script = REPO / "analyses" / f"{name}.py"
+    sys.argv = [str(script), *args.args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def _cmd_paper(args: argparse.Namespace) -> int:
+    from .paper import build_paper
+
+    pdf = build_paper(args.out, quick=args.quick, skip_analyses=args.skip_analyses, benchmarks=args.benchmarks,
+                      seed=args.seed)
+    sys.stdout.write(f"wrote {pdf}\n")
+    return 0
+
+
 def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "efficientnet_lite0") -> None:
     parser.add_argument("--model", default=default_model, help="architecture (see `neurocnn models`)")
     parser.add_argument("--weights", default="pretrained", help="state-dict file (default: registered weights)")
@@ -111,6 +190,40 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap samples (stimuli and subjects)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", type=Path, default=Path("out") / name, help="output folder")
+
+    p = sub.add_parser("rf", help="theoretical receptive-field size, stride and start per layer")
+    p.add_argument("model")
+    p.add_argument("--layers", nargs="*", help="layers (default: the model's default layers)")
+
+    p = sub.add_parser("maximize", help="activation maximization of a channel or a class")
+    _add_subject_args(p)
+    p.add_argument("--layer", help="layer name or alias (with --channel)")
+    p.add_argument("--channel", type=int)
+    p.add_argument("--class-name", help="ImageNet class name, e.g. 'Siamese cat'")
+    p.add_argument("--minimize", action="store_true")
+    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output path without extension (.nc and .png written)")
+
+    p = sub.add_parser("attribute", help="saliency / guided backprop / deconvnet maps for stimuli")
+    _add_subject_args(p)
+    p.add_argument("--stimuli", required=True, help="92images, floc, a folder or an image file")
+    p.add_argument("--method", default="guided_backprop", help="saliency, guided_backprop or deconvnet")
+    p.add_argument("--class-name", help="target class (default: use --layer/--channel)")
+    p.add_argument("--layer")
+    p.add_argument("--channel", type=int)
+    p.add_argument("--out", type=Path, required=True, help="output .nc file")
+
+    p = sub.add_parser("analysis", help="run an analyses/ script of a source checkout (e.g. virtual_tms)")
+    p.add_argument("name", help="script name without .py")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script (--out, --quick, ...)")
+
+    p = sub.add_parser("paper", help="run every analysis and build the manuscript PDF")
+    p.add_argument("--out", type=Path, default=Path("out") / "paper")
+    p.add_argument("--quick", action="store_true", help="small, fast analyses")
+    p.add_argument("--skip-analyses", action="store_true", help="reuse the analyses' outputs in --out")
+    p.add_argument("--benchmarks", action="store_true", help="also run the benchmarks (slow)")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -120,6 +233,11 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "extract": _cmd_extract,
     "rsa": _cmd_rsa,
     "demo": _cmd_rsa,
+    "rf": _cmd_rf,
+    "maximize": _cmd_maximize,
+    "attribute": _cmd_attribute,
+    "analysis": _cmd_analysis,
+    "paper": _cmd_paper,
 }
 
 

@@ -211,7 +211,7 @@ def test_maximize_bad_input(tiny):
         vis.maximize_activation(tiny, "0", 0, steps=0, size=8, progress=False)
     with pytest.raises(UnknownNameError, match="fourier"):
         vis.maximize_activation(tiny, "0", 0, parameterization="fourrier", size=8, progress=False)
-    with pytest.raises(UnknownNameError, match="Valid layers: '0'"):
+    with pytest.raises(UnknownNameError, match="Valid choices: '0'"):
         vis.maximize_activation(tiny, "O", 0, size=8, progress=False)
     with pytest.raises(UnknownNameError, match=r"0\.\.1"):
         vis.maximize_activation(tiny, "0", 5, size=8, progress=False)
