@@ -454,10 +454,10 @@ class _TauPlan:
     fills a bin of its own). Column P of ``rank``/``bins`` pads ``blocks``.
     """
 
-    rank: torch.Tensor  # (k, P + 1) float32 dense ranks (exact below 2**24)
-    bins: torch.Tensor  # (k, P + 1) int64 bin of each entry, increasing with the value
+    rank: np.ndarray  # (k, P + 1) float32 dense ranks (exact below 2**24)
+    bins: np.ndarray  # (k, P + 1) int64 bin of each entry, increasing with the value
     n_bins: list[int]
-    blocks: list[torch.Tensor]  # per row (G, size) entries of the bins with >1 value, pad P
+    blocks: list[np.ndarray]  # per row (G, size) entries of the bins with >1 value, pad P
     size: int
 
     @classmethod
@@ -481,8 +481,8 @@ class _TauPlan:
             idx = np.full((len(spans), size), P, np.int64)
             for g, (a, b) in enumerate(spans):
                 idx[g, : b - a] = order[a:b]
-            blocks.append(torch.from_numpy(idx))
-        return cls(torch.from_numpy(rank), torch.from_numpy(bins), n_bins, blocks, size)
+            blocks.append(idx)
+        return cls(rank, bins, n_bins, blocks, size)
 
 
 def _pack_groups(starts: np.ndarray, lengths: np.ndarray, size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -520,35 +520,36 @@ def _prep_tau(x, w=None, order=None):
     return _Planned(x, order) if isinstance(order, _TauPlan) else x
 
 
-def _block_forms(w: torch.Tensor, blocks: torch.Tensor, mask_keys: torch.Tensor,
-                 sign_keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _block_forms(w: np.ndarray, blocks: np.ndarray, mask_keys: np.ndarray,
+                 sign_keys: np.ndarray, dtype: type) -> np.ndarray:
     """sum over blocks and pairs p, q of a block of w_p w_q [m_p < m_q] sign(s_q - s_p).
 
     w (S, P + 1) with a zero pad column; blocks (G, size); mask_keys / sign_keys
     (r|1, P + 1), one of them with one row. Returns (S, r) in float64. Exact: the
-    block sums are integers below 2**24 for float32 (checked by the caller).
+    block sums are integers below 2**24 for float32 (checked by the caller). The
+    matrices are built with numpy, the contractions are two torch batched matmuls.
     """
     G, size = blocks.shape
     S = w.shape[0]
     r = max(mask_keys.shape[0], sign_keys.shape[0])
-    out = torch.zeros((S, r), dtype=torch.float64)
+    out = np.zeros((S, r))
     per = size * max(size, S)  # elements of X and of the product per block and row
     gstep = max(1, min(G, _TAU_BLOCK_ELEMENTS // per))
     rstep = max(1, _TAU_BLOCK_ELEMENTS // (gstep * per))
     for g0 in range(0, G, gstep):
         blk = blocks[g0 : g0 + gstep]
         g = blk.shape[0]
-        wb = w[:, blk].to(dtype).permute(1, 0, 2)  # (g, S, size)
+        wb = _tensor(w[:, blk].astype(dtype).transpose(1, 0, 2))  # (g, S, size)
         mk, sk = mask_keys[:, blk], sign_keys[:, blk]  # (r|1, g, size)
         for r0 in range(0, r, rstep):
             c = min(r, r0 + rstep) - r0
             m = mk if mk.shape[0] == 1 else mk[r0 : r0 + c]
             s = sk if sk.shape[0] == 1 else sk[r0 : r0 + c]
-            X = (m[..., :, None] < m[..., None, :]).to(dtype) * torch.sign(
-                s[..., None, :] - s[..., :, None]).to(dtype)  # (c|1, g, size, size)
-            X = X.expand(c, g, size, size).permute(1, 2, 0, 3).reshape(g, size, c * size)
-            T = torch.bmm(wb, X).view(g, S, c, size)
-            out[:, r0 : r0 + c] += (T * wb[:, :, None, :]).sum(-1).to(torch.float64).sum(0)
+            X = np.where(m[..., :, None] < m[..., None, :], np.sign(s[..., None, :] - s[..., :, None]), 0)
+            X = np.broadcast_to(X.astype(dtype), (c, g, size, size)).transpose(1, 2, 0, 3)
+            T = torch.bmm(wb, _tensor(X).reshape(g, size, c * size))
+            v = torch.bmm(T.view(g * S, c, size), wb.reshape(g * S, size, 1)).view(g, S, c)
+            out[:, r0 : r0 + c] += v.to(torch.float64).sum(0).numpy()
     return out
 
 
@@ -591,19 +592,18 @@ def _tau_cd_planned(pa: _TauPlan, pb: _TauPlan, w: np.ndarray) -> np.ndarray:
     """
     S, P = w.shape
     ka, kb = pa.rank.shape[0], pb.rank.shape[0]
-    wp = torch.from_numpy(np.concatenate([w, np.zeros((S, 1))], 1))  # pad column P
+    wp = np.concatenate([w, np.zeros((S, 1))], 1)  # pad column P
     block_max = max(pa.size, pb.size) * float(w.max(initial=0.0))
-    dtype = torch.float32 if block_max * block_max < 2**24 else torch.float64
-    ranka, rankb = pa.rank.to(dtype), pb.rank.to(dtype)
-    out = torch.zeros((S, ka, kb), dtype=torch.float64)
+    dtype = np.float32 if block_max * block_max < 2**24 else np.float64
+    ranka, rankb = pa.rank.astype(dtype), pb.rank.astype(dtype)
+    out = np.zeros((S, ka, kb))
     for i in range(ka):
         out[:, i, :] += _block_forms(wp, pa.blocks[i], ranka[i : i + 1], rankb, dtype)
-        out[:, i, :] += torch.from_numpy(
-            _grid_forms(w, pa.bins[i, :P].numpy(), pa.n_bins[i], pb.bins[:, :P].numpy(), max(pb.n_bins)))
-    binsa = pa.bins.to(dtype)
+        out[:, i, :] += _grid_forms(w, pa.bins[i, :P], pa.n_bins[i], pb.bins[:, :P], max(pb.n_bins))
+    binsa = pa.bins.astype(dtype)
     for j in range(kb):
         out[:, :, j] += _block_forms(wp, pb.blocks[j], binsa, rankb[j : j + 1], dtype)
-    return out.numpy()
+    return out
 
 
 def _tau_cd_expanded(A: np.ndarray, B: np.ndarray, w: np.ndarray) -> np.ndarray:
