@@ -37,7 +37,6 @@ from _common import make_parser, make_subject, output_dir  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
 from neurocnn import attribution, visualization  # noqa: E402
-from neurocnn.attribution import layer_shape  # noqa: E402
 
 NAME = "feature_visualization"
 CLASS_NAME = "Siamese cat"
@@ -47,7 +46,7 @@ def _spatial_layers(subject: nc.VirtualSubject) -> list[str]:
     """Default layers with a spatial map whose values are not rectified (optimizable from gray)."""
     return [
         layer for layer in subject.default_layers
-        if len(layer_shape(subject, layer)) == 3 and subject.relu_state(layer) != "post-activation"
+        if len(subject.output_shape(layer)) == 3 and subject.relu_state(layer) != "post-activation"
     ]
 
 

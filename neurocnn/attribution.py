@@ -40,7 +40,7 @@ from torch import nn
 from ._validation import check_option, check_positive_int
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .stimuli import StimulusSet, load_stimuli
-from .subject import VirtualSubject, _input_size
+from .subject import VirtualSubject
 
 __all__ = [
     "saliency",
@@ -215,25 +215,6 @@ class Target:
         }
 
 
-def layer_shape(
-    subject: VirtualSubject, layer: str | None, size: tuple[int, int] | None = None
-) -> tuple[int, ...]:
-    """Output shape (without batch) of a layer (None: the model output) for inputs of ``size``.
-
-    ``size`` (H, W) defaults to the side the subject's preprocessing produces.
-    """
-    if size is None:
-        side = _input_size(subject.preprocessing)
-        size = (side, side)
-    probe = torch.zeros(1, 3, *size, device=subject.device)
-
-    def run(subj: VirtualSubject, images: torch.Tensor) -> torch.Tensor:
-        return subj.model(images) if layer is None else subj.forward_layers(images, [layer])[layer]
-
-    with torch.inference_mode():
-        return tuple(_forward(run, subject, probe).shape[1:])
-
-
 def input_size(subject: VirtualSubject, stim: StimulusSet) -> tuple[int, int]:
     """(H, W) of the first stimulus after the subject's resize/crop."""
     return tuple(subject.preprocessing.geometric(stim.load(0)).shape[-2:])
@@ -249,7 +230,7 @@ def class_target_index(
     subject: VirtualSubject, class_index: int | None, class_name: str | None, size: tuple[int, int] | None = None
 ) -> int:
     """Return the output index of a class given by index or ImageNet-style name."""
-    n_out = layer_shape(subject, None, size)[0]
+    n_out = subject.output_shape(None, size)[0]
     if class_name is not None:
         if class_index is not None:
             raise InvalidDataError("Give class_index or class_name, not both.")
@@ -296,7 +277,7 @@ def resolve_target(
     if layer is None:
         raise InvalidDataError("Give a layer (and channel) or a class (class_index or class_name).")
     dotted = subject.resolve_layer(layer)
-    shape = layer_shape(subject, layer, size)
+    shape = subject.output_shape(layer, size)
     if (y is None) != (x is None):
         raise InvalidDataError("Give both y and x of a unit, or neither.")
     if log_softmax and len(shape) != 1:

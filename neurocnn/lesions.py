@@ -42,7 +42,6 @@ __all__ = [
     "selectivity",
     "select_units",
     "split_localizer",
-    "layer_shape",
     "layer_size",
     "random_units",
     "Lesion",
@@ -64,30 +63,13 @@ _LEVELS = ("channel", "unit")
 
 # Lesions currently entered, per subject (weak keys: subjects are never kept alive).
 _ACTIVE: weakref.WeakKeyDictionary[VirtualSubject, list[Lesion]] = weakref.WeakKeyDictionary()
-_SHAPES: weakref.WeakKeyDictionary[VirtualSubject, dict[str, tuple[int, ...]]] = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------ layer geometry
-def layer_shape(subject: VirtualSubject, layer: str) -> tuple[int, ...]:
-    """Return the output shape of ``layer`` for one image (without the batch dim).
-
-    Found once per subject and layer with a forward pass of a blank image of the
-    subject's input size.
-    """
-    dotted = subject.resolve_layer(layer)
-    shapes = _SHAPES.setdefault(subject, {})
-    if dotted not in shapes:
-        size = _input_size(subject.preprocessing)
-        with torch.inference_mode():
-            out = subject.forward_layers(torch.zeros(1, 3, size, size, device=subject.device), [dotted])
-        shapes[dotted] = tuple(out[dotted].shape[1:])
-    return shapes[dotted]
-
-
 def layer_size(subject: VirtualSubject, layer: str, level: Level = "channel") -> int:
     """Return the number of channels (``level="channel"``) or units of ``layer``."""
     check_option("level", level, _LEVELS)
-    shape = layer_shape(subject, layer)
+    shape = subject.output_shape(layer)
     return int(shape[0]) if level == "channel" else int(np.prod(shape))
 
 
@@ -107,7 +89,7 @@ def layer_at_resolution(subject: VirtualSubject, fraction: float = 13 / 224) -> 
     size = _input_size(subject.preprocessing)
     best, best_err = "", np.inf
     for name in subject.default_layers:
-        shape = layer_shape(subject, name)
+        shape = subject.output_shape(name)
         if len(shape) != 3:
             continue
         err = abs(np.log(shape[1] / size) - np.log(fraction))

@@ -481,19 +481,10 @@ def _run_all(job: _Job, batch: int, client: Any, progress: bool, desc: str) -> d
     return out
 
 
-def _to_square(vectors: np.ndarray, n: int) -> np.ndarray:
-    """(k, P) condensed vectors -> (k, n, n) symmetric matrices, zero diagonal."""
-    iu = np.triu_indices(n, 1)
-    out = np.zeros((vectors.shape[0], n, n))
-    out[:, iu[0], iu[1]] = vectors
-    out[:, iu[1], iu[0]] = vectors
-    return out
-
-
 def _permuted_models(B: np.ndarray, n_stim: int, n_perm: int, rng: np.random.Generator) -> np.ndarray:
     """(L, P) -> (n_perm * L, P): each permutation relabels the stimuli of all layers."""
     iu = np.triu_indices(n_stim, 1)
-    sq = _to_square(B, n_stim)  # (L, n, n)
+    sq = _rdm._to_square(B, n_stim)  # (L, n, n)
     out = np.empty((n_perm, B.shape[0], B.shape[1]))
     for p in range(n_perm):
         perm = rng.permutation(n_stim)
@@ -1044,7 +1035,7 @@ def simulate_volume(
     data = (rng.standard_normal(shape + (n,)) * noise).astype(np.float32)
     ijk = np.argwhere(np.ones(shape, bool))
     world = nib.affines.apply_affine(affine, ijk).reshape(shape + (3,))
-    squares = _to_square(B, n)
+    squares = _rdm._to_square(B, n)
     for r in regions:
         li = list(layers).index(check_option("layer", str(r["layer"]), list(layers)))
         dist = np.sqrt(((world - np.asarray(r["center"], float)) ** 2).sum(-1))

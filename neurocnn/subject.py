@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_option, check_positive_int
-from .exceptions import InvalidDataError, OverwriteError, UnknownNameError
+from .exceptions import InvalidDataError, OverwriteError, ShapeMismatchError, UnknownNameError
 from .scale import map_tasks
 from .models import ModelSpec, Preprocessing, get_spec, load_model, spec_from_module
 from .stimuli import StimulusSet, load_stimuli
@@ -124,6 +124,7 @@ class VirtualSubject:
             if target not in self._modules:
                 raise UnknownNameError(f"Alias {alias!r} points to {target!r}, which is not a module of the model.")
         self._call_counts: dict[str, int] | None = None
+        self._shapes: dict[tuple[str | None, tuple[int, int]], tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ names
     @property
@@ -200,6 +201,33 @@ class VirtualSubject:
             "neurocnn_version": version(),
         }
 
+    def output_shape(self, layer: str | None = None, size: tuple[int, int] | None = None) -> tuple[int, ...]:
+        """Return the output shape (without the batch dim) of a layer, or of the model if None.
+
+        Found once per layer and input size with a forward pass of a blank image;
+        ``size`` (H, W) defaults to the side the preprocessing produces.
+
+        Raises
+        ------
+        ShapeMismatchError
+            If the network cannot process inputs of that size.
+        """
+        side = _input_size(self.preprocessing)
+        size = tuple(size) if size is not None else (side, side)
+        key = (None if layer is None else self.resolve_layer(layer), size)
+        if key not in self._shapes:
+            probe = torch.zeros(1, 3, *size, device=self.device)
+            try:
+                with torch.inference_mode():
+                    out = self.model(probe) if layer is None else self.forward_layers(probe, [layer])[layer]
+            except RuntimeError as err:
+                raise ShapeMismatchError(
+                    f"{self.name} cannot process inputs of size {size} ({err}). Check the image size "
+                    "against the subject's preprocessing (resize/crop)."
+                ) from err
+            self._shapes[key] = tuple(out.shape[1:])
+        return self._shapes[key]
+
     # --------------------------------------------------------------- forward
     def preprocess(self, stimuli: Any, *, device: str | torch.device | None = None) -> torch.Tensor:
         """Return preprocessed images (N, 3, H, W) of a stimulus set, array, folder or name."""
@@ -233,7 +261,7 @@ class VirtualSubject:
         handles = [m.register_forward_hook(counter(n)) for n, m in self._modules.items()]
         try:
             with torch.inference_mode():
-                self.model(torch.zeros(1, 3, size, size, device=self.device))
+                self.model(torch.zeros(1, 3, size, size, device=_model_device(self.model, self.device)))
         finally:
             for h in handles:
                 h.remove()
@@ -505,6 +533,13 @@ class _Store:
 
     def read(self, name: str) -> xr.DataArray:
         return xr.open_zarr(self.path, group=name, consolidated=False)["activation"]
+
+
+def _model_device(model: nn.Module, default: torch.device) -> torch.device:
+    """Device of the model's first parameter or buffer (``default`` if it has none)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return default
 
 
 def _write_region(path: Path, group: str, dims: tuple[str, ...], start: int, values: np.ndarray) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_finite, check_option, check_positive_int
-from .attribution import _REDUCE, Target, as_stimuli, input_size, layer_shape, resolve_target
+from .attribution import _REDUCE, Target, as_stimuli, input_size, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .plotting import image_grid
 from .stimuli import load_stimuli
@@ -809,7 +809,7 @@ def deep_dream(
         img, source = _one_image(image)
         base = subject.preprocessing.geometric(img)[None]
     hw = tuple(base.shape[-2:])
-    shape = layer_shape(subject, layer, hw)
+    shape = subject.output_shape(layer, hw)
     index = slice(None) if channels is None else torch.as_tensor(_check_channels(channels, shape[0], layer))
     dotted = subject.resolve_layer(layer)
 
