@@ -104,7 +104,8 @@ def run_analyses(
 
     Every script runs (with ``--overwrite --no-progress --seed`` and ``--quick`` when
     asked) even if an earlier one failed; its output goes to ``out/<name>.log``. The
-    wall times are saved to ``out/run_times.nc``.
+    wall times are saved to ``out/run_times.nc``; when only some ``names`` run, their
+    rows replace those of an existing ``run_times.nc`` (re-running a failed script).
 
     Parameters
     ----------
@@ -113,7 +114,8 @@ def run_analyses(
     repo : str or Path
         Repository root holding ``analyses/``.
     names : sequence of str, optional
-        Scripts to run (default: all, see :func:`list_analyses`).
+        Scripts to run (default: all, see :func:`list_analyses`); the others keep their
+        rows of an existing ``run_times.nc``.
     quick : bool
         Pass ``--quick`` (CI-sized runs).
     seed : int
@@ -124,7 +126,7 @@ def run_analyses(
     Returns
     -------
     xarray.Dataset
-        ``wall_time_s`` and ``returncode`` with dim ``analysis``; attrs quick, seed.
+        ``wall_time_s``, ``returncode``, ``quick`` (0/1) and ``seed`` with dim ``analysis``.
 
     Raises
     ------
@@ -134,7 +136,8 @@ def run_analyses(
     """
     out, repo = Path(out), Path(repo)
     available = list_analyses(repo)
-    names = list(names) if names is not None else available
+    partial = names is not None
+    names = list(names) if partial else available
     unknown = sorted(set(names) - set(available))
     if unknown:
         raise MissingFileError(f"No analysis script analyses/<name>.py for {unknown}; available: {available}.")
@@ -148,10 +151,16 @@ def run_analyses(
         times.append(seconds)
         codes.append(code)
     result = xr.Dataset(
-        {"wall_time_s": ("analysis", np.round(times, 1)), "returncode": ("analysis", np.asarray(codes, dtype=np.int64))},
+        {"wall_time_s": ("analysis", np.round(times, 1)), "returncode": ("analysis", np.asarray(codes, dtype=np.int64)),
+         "quick": ("analysis", np.full(len(names), int(quick))), "seed": ("analysis", np.full(len(names), int(seed)))},
         coords={"analysis": names},
-        attrs={"quick": int(quick), "seed": int(seed), "python": python},
+        attrs={"python": python},
     )
+    if partial and (out / "run_times.nc").exists():
+        previous = io.load(out / "run_times.nc")
+        kept = [str(n) for n in previous["analysis"].values if str(n) not in names]
+        result = xr.concat([previous.sel(analysis=kept), result], dim="analysis").sortby("analysis")
+        result.attrs = {"python": python}
     io.save(result, out / "run_times.nc", overwrite=True)
     failed = [n for n, c in zip(names, codes) if c != 0]
     if failed:
@@ -334,6 +343,7 @@ def _receptive_fields(folder: Path) -> dict[str, str]:
     ratio = ds["empirical_mean"] / ds["theoretical_size"]
     finite = np.isfinite(ratio.values)
     deepest = str(ds["layer"].values[-1])
+    measured = np.isfinite(ds["empirical_mean"].values)
     return {
         "rf_n_layers": _int(ds.sizes["layer"]),
         "rf_window": _int(ds.attrs["window"]),
@@ -344,10 +354,18 @@ def _receptive_fields(folder: Path) -> dict[str, str]:
         "rf_ratio_min": _f(np.min(ratio.values[finite]), 2) if finite.any() else "n/a",
         "rf_ratio_max": _f(np.max(ratio.values[finite]), 2) if finite.any() else "n/a",
         "rf_deepest": deepest,
+        "rf_n_measured": _int(measured.sum()),
+        "rf_n_smaller": _int((ds["empirical_mean"].values[measured] < ds["theoretical_size"].values[measured]).sum()),
         "rf_table": _table(["layer", "theoretical (px)", "empirical mean ± sd (px)", "median (px)", "units"], rows),
         "fig_rf_sizes": _figure(folder, "rf_sizes.png"),
         "fig_rf_maps": _figure(folder, f"rfs_{deepest}.png"),
     }
+
+
+_SELECTIONS: dict[str, Callable[[dict], str]] = {
+    "fdr": lambda attrs: f"Welch t, Benjamini-Hochberg FDR at q = {_f(attrs['q'], 2)}",
+    "top_n": lambda attrs: "the most selective channels per class (top n; too few localizer images for FDR)",
+}
 
 
 def _virtual_tms(folder: Path) -> dict[str, str]:
@@ -364,8 +382,7 @@ def _virtual_tms(folder: Path) -> dict[str, str]:
         "tms_n_place": _int(ds.attrs["n_place_units"]),
         "tms_n_overlap": _int(ds.attrs["n_overlap"]),
         "tms_n_channels": _int(ds.attrs["n_channels"]),
-        "tms_selection": str(ds.attrs["selection"]),
-        "tms_q": _f(ds.attrs["q"], 2),
+        "tms_selection": _SELECTIONS[str(ds.attrs["selection"])](ds.attrs),
         "tms_amplitude": _f(ds.attrs["tms_amplitude"], 1),
         "tms_n_localizer": _int(ds.attrs["n_localizer_images"]),
         "tms_n_test": _int(ds["n_pairs"].sel(condition="intact").sum()),
@@ -457,15 +474,27 @@ EXTRACTORS: dict[str, Callable[[Path], dict[str, str]]] = {
 }
 
 
+_RUN_MODES = {
+    (1,): "quick (CI-sized: fewer layers, units, pairs, bootstrap samples and permutations)",
+    (0,): "full",
+    (0, 1): "mixed (some analyses in quick, CI-sized mode; see the wall-time table)",
+}
+
+
 def _run_values(out: Path) -> dict[str, str]:
     ds = _load(out, "run_times.nc")
-    rows = [[f"`analyses/{n}.py`", _f(t, 1)] for n, t in zip(ds["analysis"].values, ds["wall_time_s"].values)]
+    failed = [str(n) for n, c in zip(ds["analysis"].values, ds["returncode"].values) if c != 0]
+    if failed:
+        raise AnalysisFailedError(f"Analyses {failed} failed in the run recorded in {out / 'run_times.nc'} "
+                                  f"(logs: {out}/<name>.log); re-run them, e.g. paper/build.py --only {' '.join(failed)}.")
+    seeds = sorted({int(s) for s in ds["seed"].values})
+    rows = [[f"`analyses/{n}.py`", "quick" if q else "full", _f(t, 1)]
+            for n, q, t in zip(ds["analysis"].values, ds["quick"].values, ds["wall_time_s"].values)]
     return {
-        "run_mode": "quick (CI-sized: fewer layers, units, pairs, bootstrap samples and permutations)"
-        if int(ds.attrs["quick"]) else "full",
-        "run_seed": _int(ds.attrs["seed"]),
+        "run_mode": _RUN_MODES[tuple(sorted({int(q) for q in ds["quick"].values}))],
+        "run_seed": ", ".join(map(str, seeds)),
         "run_total_s": _f(float(ds["wall_time_s"].sum()), 0),
-        "run_table": _table(["script", "wall time (s)"], rows),
+        "run_table": _table(["script", "mode", "wall time (s)"], rows),
     }
 
 
@@ -579,6 +608,7 @@ def build_paper(
     template: str | Path | None = None,
     quick: bool = False,
     skip_analyses: bool = False,
+    only: Sequence[str] | None = None,
     benchmarks: bool = False,
     seed: int = 0,
 ) -> Path:
@@ -597,6 +627,8 @@ def build_paper(
         CI-sized analyses (``--quick``) and benchmarks.
     skip_analyses : bool
         Reuse the results already in ``out`` instead of running the scripts.
+    only : sequence of str, optional
+        Run only these analyses (e.g. the ones that failed) and reuse the others' results.
     benchmarks : bool
         Also run ``benchmarks/*.py`` (slow) and include their printed tables.
     seed : int
@@ -625,7 +657,7 @@ def build_paper(
         raise MissingFileError(f"No manuscript template at {template}.")
     out.mkdir(parents=True, exist_ok=True)
     if not skip_analyses:
-        run_analyses(out, repo=repo, quick=quick, seed=seed)
+        run_analyses(out, repo=repo, names=only, quick=quick, seed=seed)
     if benchmarks:
         run_benchmarks(out, repo=repo, quick=quick)
     text = fill_template(template.read_text(), collect_values(out))

@@ -1,6 +1,6 @@
 """Build the neurocnn manuscript: run every analyses/*.py script, fill the template, render the PDF.
 
-    python paper/build.py --out out/paper [--quick] [--skip-analyses] [--benchmarks] [--seed 0]
+    python paper/build.py --out out/paper [--quick] [--skip-analyses | --only NAME ...] [--benchmarks] [--seed 0]
 
 Outputs in --out: one folder and one log per analysis, run_times.nc (wall times),
 manuscript.md (filled template) and manuscript.pdf. Every number of the text is read
@@ -27,13 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "out" / "paper", help="build folder")
     parser.add_argument("--quick", action="store_true", help="CI-sized analyses (each script's --quick)")
     parser.add_argument("--skip-analyses", action="store_true", help="reuse the results already in --out")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these analyses (e.g. those that failed), reuse the others")
     parser.add_argument("--benchmarks", action="store_true", help="also run benchmarks/*.py (slow) and include their tables")
     parser.add_argument("--seed", type=int, default=0, help="seed given to every analysis")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         pdf = build_paper(args.out, repo=REPO, quick=args.quick, skip_analyses=args.skip_analyses,
-                          benchmarks=args.benchmarks, seed=args.seed)
+                          only=args.only, benchmarks=args.benchmarks, seed=args.seed)
     except NeurocnnError as err:
         print(f"paper build failed: {err}", file=sys.stderr)
         return 1

@@ -128,9 +128,10 @@ def _fake_results(out: Path, extra: tuple[str, ...] = ()) -> Path:
     for name in extra:
         _png(out / name / "panel.png")
 
-    times = xr.Dataset({"wall_time_s": ("analysis", np.arange(1.0, len(names) + 1)),
-                        "returncode": ("analysis", np.zeros(len(names), dtype=np.int64))},
-                       coords={"analysis": names}, attrs={"quick": 1, "seed": 0})
+    zeros = np.zeros(len(names), dtype=np.int64)
+    times = xr.Dataset({"wall_time_s": ("analysis", np.arange(1.0, len(names) + 1)), "returncode": ("analysis", zeros),
+                        "quick": ("analysis", zeros + 1), "seed": ("analysis", zeros)},
+                       coords={"analysis": names})
     nc.io.save(times, out / "run_times.nc")
     return out
 
@@ -174,9 +175,26 @@ def test_every_field_is_filled_from_the_results(results: Path) -> None:
     assert "Maximizing the class 284 (Siamese cat) logit for 8 steps raised it from -0.10 to 2.35" in text
     assert "classifies as \"Siamese cat\" (p = 0.876)" in text
     assert "| head | node | 0.80 / 0.90 | 0.60 / 0.90 | 0.55 / 0.90 |" in text
-    assert "between 0.14 and 0.83 times the theoretical one" in text
+    assert "between 0.14 and 0.83 times the theoretical one, and smaller than it in 3 of 3 layers" in text
+    assert "(Welch t, Benjamini-Hochberg FDR at q = 0.05)" in text
     assert "(Table 5)" in text  # virtual TMS is the fifth table
     assert "were not run in this build" in text
+
+
+def test_failed_run_recorded_in_run_times_fails(results: Path) -> None:
+    times = nc.io.load(results / "run_times.nc")
+    times["returncode"].loc[{"analysis": "searchlight_demo"}] = 1
+    nc.io.save(times, results / "run_times.nc", overwrite=True)
+    with pytest.raises(AnalysisFailedError, match=r"\['searchlight_demo'\] failed.*--only searchlight_demo"):
+        paper.collect_values(results)
+
+
+def test_mixed_run_modes_are_reported(results: Path) -> None:
+    times = nc.io.load(results / "run_times.nc")
+    times["quick"].loc[{"analysis": "ko_sweeps"}] = 0
+    nc.io.save(times, results / "run_times.nc", overwrite=True)
+    values = paper.collect_values(results)
+    assert values["run_mode"].startswith("mixed") and "| `analyses/ko_sweeps.py` | full | " in values["run_table"]
 
 
 def test_missing_result_file_fails_naming_the_analysis(results: Path) -> None:
@@ -237,6 +255,13 @@ def test_run_analyses_runs_all_and_names_the_failures(tmp_path: Path) -> None:
     times = nc.io.load(out / "run_times.nc")
     assert list(times["analysis"].values) == ["bad", "good"]
     assert list(times["returncode"].values) == [1, 0] and (times["wall_time_s"] >= 0).all()
+
+    # re-running only the failed script replaces its row and keeps the other one
+    (repo / "analyses" / "bad.py").write_text("")
+    paper.run_analyses(out, repo=repo, names=["bad"], quick=False, seed=7, python=sys.executable)
+    times = nc.io.load(out / "run_times.nc")
+    assert list(times["analysis"].values) == ["bad", "good"]
+    assert list(times["returncode"].values) == [0, 0] and list(times["quick"].values) == [0, 1]
 
 
 def test_run_analyses_rejects_unknown_names(tmp_path: Path) -> None:
