@@ -71,6 +71,11 @@ def list_analyses(repo: str | Path = REPO) -> list[str]:
     ------
     MissingFileError
         If ``repo`` has no ``analyses/`` folder.
+
+    Examples
+    --------
+    >>> list_analyses()  # doctest: +SKIP
+    ['feature_visualization', 'haxby_searchlight', 'ko_sweeps', ...]
     """
     folder = Path(repo) / "analyses"
     if not folder.is_dir():
@@ -133,6 +138,12 @@ def run_analyses(
     AnalysisFailedError
         After all scripts ran, if any exited non-zero: names each one with the last
         lines of its log.
+    MissingFileError
+        If a name in ``names`` has no script.
+
+    Examples
+    --------
+    >>> run_analyses("out/paper", names=["ko_sweeps"], quick=True)  # doctest: +SKIP
     """
     out, repo = Path(out), Path(repo)
     available = list_analyses(repo)
@@ -190,6 +201,10 @@ def run_benchmarks(
     ------
     AnalysisFailedError
         If a benchmark exits non-zero (names it, with the end of its output).
+
+    Examples
+    --------
+    >>> tables = run_benchmarks("out/paper", quick=True)  # doctest: +SKIP
     """
     out, repo = Path(out) / "benchmarks", Path(repo)
     outputs = {}
@@ -536,7 +551,14 @@ def collect_values(out: str | Path, names: Sequence[str] | None = None) -> dict[
     Raises
     ------
     AnalysisFailedError
-        If an analysis's folder, result file or figure is missing (names the analysis).
+        If an analysis's folder, result file or figure is missing, or the run recorded
+        in ``run_times.nc`` failed (names the analysis).
+
+    Examples
+    --------
+    >>> values = collect_values("out/paper")  # doctest: +SKIP
+    >>> values["hit_best_layer"]  # doctest: +SKIP
+    'stage6'
     """
     out = Path(out)
     values = {**_run_values(out), "alpha": _f(ALPHA, 2)}
@@ -570,6 +592,23 @@ def template_numbers(template: str) -> list[str]:
 
     The manuscript's rule is that every number comes from the results; a non-empty
     answer names the offending snippets.
+
+    Parameters
+    ----------
+    template : str
+        Template text.
+
+    Returns
+    -------
+    list of str
+        One snippet (the digit with some context) per typed digit.
+
+    Examples
+    --------
+    >>> template_numbers("tau was ${tau} (Nili et al. 2014)")
+    []
+    >>> len(template_numbers("tau was 0.3"))
+    2
     """
     text = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", "", template)
     text = _YEAR.sub("", text)
@@ -588,10 +627,27 @@ def fill_template(template: str, values: dict[str, str]) -> str:
     ``${tab_<x>}`` fields are the numbers of the tables ``${<x>_table}`` in order of
     appearance (the PDF renderer numbers tables the same way).
 
+    Parameters
+    ----------
+    template : str
+        Template text with ``${name}`` fields.
+    values : dict of str to str
+        Field values (see :func:`collect_values`).
+
+    Returns
+    -------
+    str
+        The filled text.
+
     Raises
     ------
     AnalysisFailedError
         If a field has no value (names the fields), so no hole is left silently.
+
+    Examples
+    --------
+    >>> fill_template("best: ${layer} (Table ${tab_hit})", {"layer": "conv5", "hit_table": ""})
+    'best: conv5 (Table 1)'
     """
     values = {**_table_numbers(template), **values}
     fields = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", template))
@@ -775,6 +831,11 @@ def markdown_to_pdf(markdown: str, pdf: str | Path, *, base_dir: str | Path, tit
     ------
     MissingFileError
         If a figure file does not exist.
+
+    Examples
+    --------
+    >>> markdown_to_pdf("# Title\n\nText.", "x.pdf", base_dir=".")  # doctest: +SKIP
+    PosixPath('x.pdf')
     """
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import cm
