@@ -646,8 +646,8 @@ def fill_template(template: str, values: dict[str, str]) -> str:
 
     Examples
     --------
-    >>> fill_template("best: ${layer} (Table ${tab_hit})", {"layer": "conv5", "hit_table": ""})
-    'best: conv5 (Table 1)'
+    >>> fill_template("${hit_table} best: ${layer} (Table ${tab_hit})", {"layer": "conv5", "hit_table": "|...|"})
+    '|...| best: conv5 (Table 1)'
     """
     values = {**_table_numbers(template), **values}
     fields = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", template))
@@ -834,7 +834,7 @@ def markdown_to_pdf(markdown: str, pdf: str | Path, *, base_dir: str | Path, tit
 
     Examples
     --------
-    >>> markdown_to_pdf("# Title\n\nText.", "x.pdf", base_dir=".")  # doctest: +SKIP
+    >>> markdown_to_pdf(open("out/paper/manuscript.md").read(), "x.pdf", base_dir="out/paper")  # doctest: +SKIP
     PosixPath('x.pdf')
     """
     from reportlab.lib.pagesizes import A4
