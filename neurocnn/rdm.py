@@ -594,7 +594,8 @@ def _tau_cd_planned(pa: _TauPlan, pb: _TauPlan, w: np.ndarray) -> np.ndarray:
     ka, kb = pa.rank.shape[0], pb.rank.shape[0]
     wp = np.concatenate([w, np.zeros((S, 1))], 1)  # pad column P
     block_max = max(pa.size, pb.size) * float(w.max(initial=0.0))
-    dtype = np.float32 if block_max * block_max < 2**24 else np.float64
+    exact32 = block_max * block_max < 2**24 and P < 2**24  # block sums and ranks
+    dtype = np.float32 if exact32 else np.float64
     ranka, rankb = pa.rank.astype(dtype), pb.rank.astype(dtype)
     out = np.zeros((S, ka, kb))
     for i in range(ka):
