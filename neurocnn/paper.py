@@ -12,6 +12,7 @@ with :class:`~neurocnn.exceptions.AnalysisFailedError` naming the analysis.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import re
@@ -88,11 +89,14 @@ def _tail(path: Path, n: int = _TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
-def _run_script(cmd: list[str], cwd: Path, log: Path) -> tuple[int, float]:
+def _run_script(cmd: list[str], cwd: Path, log: Path, errors: Path | None = None) -> tuple[int, float]:
+    """Run ``cmd``; stdout to ``log``, stderr to ``errors`` (default: also ``log``)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(log, "w") as handle:
-        code = subprocess.run(cmd, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log, "w"))
+        err = stack.enter_context(open(errors, "w")) if errors is not None else subprocess.STDOUT
+        code = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=err, check=False).returncode
     return code, time.perf_counter() - t0
 
 
@@ -190,6 +194,8 @@ def run_benchmarks(
 ) -> dict[str, str]:
     """Run every ``benchmarks/*.py`` and keep its printed table in ``out/benchmarks/<name>.txt``.
 
+    stdout (the table) goes to ``<name>.txt``, stderr (progress, warnings) to ``<name>.log``.
+
     In a ``quick`` build each script gets :data:`BENCHMARK_ARGS` (smaller sizes).
 
     Returns
@@ -212,10 +218,10 @@ def run_benchmarks(
         name = script.stem
         args = BENCHMARK_ARGS.get(name, ()) if quick else ()
         logger.info("running benchmarks/%s.py %s", name, " ".join(args))
-        code, seconds = _run_script([python, str(script), *args], repo, out / f"{name}.txt")
+        code, seconds = _run_script([python, str(script), *args], repo, out / f"{name}.txt", out / f"{name}.log")
         logger.info("benchmarks/%s.py: exit %d after %.1f s", name, code, seconds)
         if code != 0:
-            raise AnalysisFailedError(f"benchmarks/{name}.py exited with {code}:\n{_tail(out / f'{name}.txt')}")
+            raise AnalysisFailedError(f"benchmarks/{name}.py exited with {code}:\n{_tail(out / f'{name}.log')}")
         outputs[name] = (out / f"{name}.txt").read_text()
     return outputs
 

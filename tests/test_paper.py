@@ -279,3 +279,15 @@ def test_result_without_a_needed_attribute_fails_naming_the_analysis(results: Pa
     nc.io.save(ds, path, overwrite=True)
     with pytest.raises(AnalysisFailedError, match="'feature_visualization'.*lack 'classified_as'"):
         paper.collect_values(results)
+
+
+def test_benchmark_tables_come_from_stdout_and_failures_name_the_script(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    (repo / "benchmarks" / "peer.py").write_text("import sys\nprint('case | ours | peer')\nprint('noise', file=sys.stderr)\n")
+    tables = paper.run_benchmarks(tmp_path / "out", repo=repo, python=sys.executable)
+    assert tables == {"peer": "case | ours | peer\n"}
+    assert (tmp_path / "out" / "benchmarks" / "peer.log").read_text() == "noise\n"
+    (repo / "benchmarks" / "slow.py").write_text("raise ValueError('peer missing')\n")
+    with pytest.raises(AnalysisFailedError, match="(?s)benchmarks/slow.py exited with 1.*peer missing"):
+        paper.run_benchmarks(tmp_path / "out", repo=repo, python=sys.executable)
