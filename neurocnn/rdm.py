@@ -45,6 +45,7 @@ import torch
 import xarray as xr
 
 from ._validation import check_finite, check_fraction, check_option, check_positive_int
+from .scale import map_tasks
 from .exceptions import InvalidDataError, MissingFileError, ShapeMismatchError
 
 __all__ = [
@@ -1342,6 +1343,7 @@ def bootstrap_rdm_comparison(
     seed: int = 0,
     ci: float = 0.95,
     progress: bool = True,
+    client: Any = None,
 ) -> xr.Dataset:
     """Bootstrap model (layer) vs brain RDM comparisons with noise ceilings and tests.
 
@@ -1374,6 +1376,9 @@ def bootstrap_rdm_comparison(
         Coverage of the percentile confidence intervals.
     progress : bool
         Show a tqdm progress bar.
+    client : distributed.Client or str, optional
+        Spread chunks of samples over dask workers (see :mod:`neurocnn.scale`); the
+        samples are drawn here, so the numbers equal those of a local run.
 
     Returns
     -------
@@ -1412,34 +1417,54 @@ def bootstrap_rdm_comparison(
     if method.endswith("_cov") and over != "subjects":
         _weights_unsupported(method)
     M, V = sm.vectors[None], _align(sm, sb)[None]
-    om, ov = _orders(M, method), _orders(V, method)
-    n, k, L = sm.n, V.shape[1], M.shape[1]
-
-    def evaluate(w, c):
-        PV = _prepare(V, method, w, ov)
-        sims = _compare_prepared(_prepare(M, method, w, om), PV, method, w)  # (S, L, k)
-        cc = np.ones((1, k)) if c is None else c
-        evals = np.einsum("slk,sk->sl", sims, cc) / cc.sum(1)[:, None]
-        lower, upper = _noise_ceiling_core(V, method, w, c, ov, PV)
-        return evals, lower, upper
-
-    observed, lo0, up0 = evaluate(None, None)
-    samples = _draw(np.random.default_rng(seed), n_bootstrap, n, k, over)
+    job = _BootJob(M, V, _orders(M, method), _orders(V, method), method, sm.n, None)
+    L = M.shape[1]
+    observed, lo0, up0 = _boot_evaluate(job, None, None)
+    job.samples = _draw(np.random.default_rng(seed), n_bootstrap, sm.n, V.shape[1], over)
     evals = np.full((n_bootstrap, L), np.nan)
     nc = np.full((2, n_bootstrap), np.nan)
-    per = _samples_per_chunk(L + 2 * k, M.shape[-1], method)
-    for sl in _chunks(n_bootstrap, per, progress, "bootstrap"):
-        w = samples.pair_weights(sl, n)
-        c = None if samples.subj is None else samples.subj[sl].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            e, lo, up = evaluate(w, c)
-        evals[sl], nc[0, sl], nc[1, sl] = e, lo, up
+    per = _samples_per_chunk(L + 2 * V.shape[1], M.shape[-1], method)
+    slices = [slice(a, min(n_bootstrap, a + per)) for a in range(0, n_bootstrap, per)]
+    for i, (e, lo, up) in map_tasks(_boot_chunk, job, slices, client, progress=progress, desc="bootstrap"):
+        evals[slices[i]], nc[0, slices[i]], nc[1, slices[i]] = e, lo, up
+    samples = job.samples
     valid = samples.valid()
     evals[~valid] = np.nan
     nc[:, ~valid] = np.nan
     return _bootstrap_dataset(sm, observed[0], evals.T, np.array([lo0[0], up0[0]]), nc, ci,
                               dict(method=method, over=over, seed=int(seed),
                                    n_bootstrap=int(n_bootstrap), n_valid=int(valid.sum()), ci=ci))
+
+
+@dataclass
+class _BootJob:
+    """Fixed inputs of a bootstrap (sent once to each dask worker) and its drawn samples."""
+
+    M: np.ndarray
+    V: np.ndarray
+    om: Any
+    ov: Any
+    method: str
+    n: int
+    samples: _Samples | None
+
+
+def _boot_evaluate(job: _BootJob, w: np.ndarray | None, c: np.ndarray | None):
+    """Layer evaluations (S, L) and noise-ceiling bounds (S,) under pair weights ``w``, subject counts ``c``."""
+    k = job.V.shape[1]
+    PV = _prepare(job.V, job.method, w, job.ov)
+    sims = _compare_prepared(_prepare(job.M, job.method, w, job.om), PV, job.method, w)  # (S, L, k)
+    cc = np.ones((1, k)) if c is None else c
+    evals = np.einsum("slk,sk->sl", sims, cc) / cc.sum(1)[:, None]
+    lower, upper = _noise_ceiling_core(job.V, job.method, w, c, job.ov, PV)
+    return evals, lower, upper
+
+
+def _boot_chunk(job: _BootJob, sl: slice):
+    w = job.samples.pair_weights(sl, job.n)
+    c = None if job.samples.subj is None else job.samples.subj[sl].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _boot_evaluate(job, w, c)
 
 
 def _layer_names(st: _Stack, L: int) -> np.ndarray:

@@ -514,3 +514,16 @@ def test_rsatoolbox_round_trip():
     np.testing.assert_allclose(back1.values, single.values, atol=1e-15)
     plain = rdm.from_rsatoolbox(rsa_rdm.RDMs(_vectors(3, 6, 0)))
     assert plain.dims == ("rdm", "stimulus", "stimulus2") and plain.stimulus.values[0] == "0"
+
+
+@pytest.mark.filterwarnings("ignore:Couldn't detect a suitable IP address")
+def test_bootstrap_on_dask_equals_local():
+    distributed = pytest.importorskip("distributed")
+    rng = np.random.default_rng(5)
+    models, brains = rng.random((3, 190)), rng.random((4, 190))
+    local = rdm.bootstrap_rdm_comparison(models, brains, n_bootstrap=300, over="both", seed=2, progress=False)
+    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        remote = rdm.bootstrap_rdm_comparison(models, brains, n_bootstrap=300, over="both", seed=2,
+                                              progress=False, client=client)
+    np.testing.assert_array_equal(remote["evaluation"].values, local["evaluation"].values)
+    np.testing.assert_array_equal(remote["noise_ceiling_samples"].values, local["noise_ceiling_samples"].values)
