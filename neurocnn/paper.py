@@ -55,7 +55,7 @@ BENCHMARK_ARGS: dict[str, tuple[str, ...]] = {
     "rsa": ("--quick",),
     "scale": ("--quick",),
     "searchlight": ("--whole-brain", "skip"),
-    "receptive_fields": ("--stride", "16"),
+    "receptive_fields": ("--stride", "11"),
     "visualization": ("--steps", "32", "--repeats", "1"),
 }
 
