@@ -804,6 +804,18 @@ def _pdf_table(rows: list[str], caption: str | None, number: int, styles, width:
     return [KeepTogether(head + [table]), Paragraph("", styles["caption"])]
 
 
+def _pdf_code(lines: list[str], style, width: float):
+    """Verbatim block, its font shrunk so that the longest line fits the frame width."""
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+    from reportlab.platypus import Preformatted
+
+    longest = max((stringWidth(line, style.fontName, style.fontSize) for line in lines), default=0.0)
+    scale = min(1.0, width / longest) if longest else 1.0
+    fitted = ParagraphStyle("code_fitted", parent=style, fontSize=style.fontSize * scale, leading=style.leading * scale)
+    return Preformatted("\n".join(lines), fitted)
+
+
 def _pdf_figure(path: Path, caption: str, number: int, styles, width: float, max_height: float) -> list:
     from reportlab.lib.utils import ImageReader
     from reportlab.platypus import Image, KeepTogether, Paragraph
@@ -845,7 +857,7 @@ def markdown_to_pdf(markdown: str, pdf: str | Path, *, base_dir: str | Path, tit
     """
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import cm
-    from reportlab.platypus import Paragraph, Preformatted, SimpleDocTemplate
+    from reportlab.platypus import Paragraph, SimpleDocTemplate
 
     from .exceptions import MissingFileError
 
@@ -872,7 +884,7 @@ def markdown_to_pdf(markdown: str, pdf: str | Path, *, base_dir: str | Path, tit
             j = i + 1
             while j < len(lines) and not lines[j].strip().startswith("```"):
                 j += 1
-            story.append(Preformatted("\n".join(lines[i + 1:j]), styles["code"]))
+            story.append(_pdf_code(lines[i + 1:j], styles["code"], doc.width))
             i = j + 1
             continue
         if stripped.startswith("|"):
