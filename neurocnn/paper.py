@@ -385,7 +385,7 @@ def _receptive_fields(folder: Path) -> dict[str, str]:
 
 _SELECTIONS: dict[str, Callable[[dict], str]] = {
     "fdr": lambda attrs: f"Welch t, Benjamini-Hochberg FDR at q = {_f(attrs['q'], 2)}",
-    "top_n": lambda attrs: "the most selective channels per class (top n; too few localizer images for FDR)",
+    "top_n": lambda attrs: "the top-n most selective channels per class; too few localizer images for FDR",
 }
 
 
