@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     subject = make_subject(args)
     n_bootstrap = 50 if args.quick else args.n_bootstrap
-    layers = subject.default_layers[::3] + subject.default_layers[-1:] if args.quick else None
+    layers = list(dict.fromkeys(subject.default_layers[::3] + subject.default_layers[-1:])) if args.quick else None
     run_layers_vs_hit(subject, output_dir(args), n_bootstrap=n_bootstrap, seed=args.seed, layers=layers,
                       overwrite=args.overwrite, progress=args.progress)
     return 0

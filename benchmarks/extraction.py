@@ -4,10 +4,11 @@ Run from the repository root::
 
     NEUROCNN_MIRROR=../shared python benchmarks/extraction.py [--quick]
 
-1. Time: the embedded EfficientNet-Lite0, 4 layers, the 92 images. neurocnn's
-   batched, early-stopped extraction vs the per-image loop many toolboxes use
-   (Net2Brain-style: one full forward pass per image with hooks on the layers).
-   Both outputs are compared (max abs difference).
+1. Time: 4 layers of the embedded EfficientNet-Lite0 and of AlexNet (seeded random
+   weights; speed does not depend on the weights), the 92 images. neurocnn's batched,
+   early-stopped extraction vs the per-image loop many toolboxes use (Net2Brain-style:
+   one full forward pass per image with hooks on the layers). Outputs are compared
+   (max abs difference).
 2. Memory: peak RSS of extracting the large ``stem`` layer (32 x 112 x 112 floats per
    stimulus) for N synthetic stimuli in memory vs streamed to zarr (``store=``),
    each in a fresh subprocess.
@@ -26,7 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-LAYERS = ["stage2", "stage4", "stage6", "head"]
+CASES = (  # (model, weights, layers)
+    ("efficientnet_lite0", "pretrained", ["stage2", "stage4", "stage6", "head"]),
+    ("alexnet", None, ["conv1", "conv3", "conv5", "fc7"]),
+)
 
 
 def loop_extraction(subject, stim, layers):
@@ -51,20 +55,22 @@ def loop_extraction(subject, stim, layers):
 def time_comparison() -> None:
     from neurocnn import VirtualSubject, load_stimuli
 
-    subject = VirtualSubject()
     stim = load_stimuli("92images")
-    subject.activations(stim.subset([0, 1]), LAYERS, progress=False)  # warm-up
-    t0 = time.perf_counter()
-    batched = subject.activations(stim, LAYERS, batch_size=46, progress=False)
-    t_batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    looped = loop_extraction(subject, stim, LAYERS)
-    t_loop = time.perf_counter() - t0
-    diff = max(float(np.abs(batched[n].values - looped[n]).max()) for n in LAYERS)
-    print(f"extraction, 92 images x {len(LAYERS)} layers ({', '.join(LAYERS)}), {torch.get_num_threads()} threads")
-    print(f"  neurocnn batched      {t_batched:8.2f} s")
-    print(f"  batch-size-1 loop     {t_loop:8.2f} s")
-    print(f"  ratio                 {t_loop / t_batched:8.2f} x   (max abs diff {diff:.2e})")
+    print(f"extraction of the 92 images, {torch.get_num_threads()} threads")
+    print(f"  {'model':20s} {'layers':28s} {'batch':>5s} {'batched s':>10s} {'loop s':>8s} {'ratio':>7s} {'max|diff|':>9s}")
+    for model, weights, layers in CASES:
+        subject = VirtualSubject(model, weights=weights)
+        subject.activations(stim.subset([0, 1]), layers, progress=False)  # warm-up
+        t0 = time.perf_counter()
+        looped = loop_extraction(subject, stim, layers)
+        t_loop = time.perf_counter() - t0
+        for batch_size in (8, 32):
+            t0 = time.perf_counter()
+            batched = subject.activations(stim, layers, batch_size=batch_size, progress=False)
+            t_batched = time.perf_counter() - t0
+            diff = max(float(np.abs(batched[n].values - looped[n]).max()) for n in layers)
+            print(f"  {model:20s} {','.join(layers):28s} {batch_size:5d} {t_batched:10.2f} {t_loop:8.2f} "
+                  f"{t_loop / t_batched:6.2f}x {diff:9.1e}")
 
 
 def _child(n: int, store: str | None, folder: str) -> None:

@@ -149,8 +149,8 @@ def _cmd_analysis(args: argparse.Namespace) -> int:
 def _cmd_paper(args: argparse.Namespace) -> int:
     from .paper import build_paper
 
-    pdf = build_paper(args.out, quick=args.quick, skip_analyses=args.skip_analyses, benchmarks=args.benchmarks,
-                      seed=args.seed)
+    pdf = build_paper(args.out, quick=args.quick, skip_analyses=args.skip_analyses, only=args.only or None,
+                      benchmarks=args.benchmarks, seed=args.seed)
     sys.stdout.write(f"wrote {pdf}\n")
     return 0
 
@@ -222,6 +222,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out") / "paper")
     p.add_argument("--quick", action="store_true", help="small, fast analyses")
     p.add_argument("--skip-analyses", action="store_true", help="reuse the analyses' outputs in --out")
+    p.add_argument("--only", nargs="*", help="re-run only these analyses, reuse the others' outputs")
     p.add_argument("--benchmarks", action="store_true", help="also run the benchmarks (slow)")
     p.add_argument("--seed", type=int, default=0)
     return parser

@@ -108,6 +108,7 @@ def layers_vs_brain(
         "methods": [str(m) for m in methods],
         "bootstrap_over": over,
         "n_bootstrap": int(n_bootstrap),
+        "ci": float(results[0].attrs["ci"]),
         "seed": int(seed),
         "neurocnn_version": version(),
     }
