@@ -134,7 +134,7 @@ def plot_layers_vs_brain(result: xr.Dataset, method: str = "tau_a", *, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(1.0 + 0.6 * len(layers), 3.4))
     lower, upper = (float(r.noise_ceiling.sel(bound=b)) for b in ("lower", "upper"))
-    ax.axhspan(lower, upper, color="0.85", zorder=0, label="noise ceiling")
+    ax.axhspan(lower, upper, color="0.85", zorder=0)
     below = r.p_layer_vs_lower_ceiling.values < 0.05
     colors = np.where(below, "#9ecae1", "#08519c")
     err = np.vstack([r.observed - r.ci_lower, r.ci_upper - r.observed])
@@ -144,7 +144,12 @@ def plot_layers_vs_brain(result: xr.Dataset, method: str = "tau_a", *, ax=None):
     ax.set_ylabel(f"{label} with human IT")
     ax.set_title(f"{result.attrs.get('model', '')} vs human IT ({result.attrs.get('stimulus_set', '')})", fontsize=9)
     ax.axhline(0, color="k", lw=0.5)
-    ax.legend(frameon=False, fontsize=7, loc="upper left")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="0.85", label="noise ceiling (lower-upper)"),
+               Patch(color="#08519c", label="not below lower ceiling"),
+               Patch(color="#9ecae1", label="below lower ceiling (p < 0.05)")]
+    ax.legend(handles=handles, frameon=False, fontsize=7, loc="upper left")
     ax.figure.tight_layout()
     return ax.figure
 
