@@ -213,7 +213,7 @@ def run_layers_vs_hit(
         save_figure(fig, path, overwrite=overwrite)
         plt.close(fig)
     names = [str(v) for v in result.layer.values]
-    fig = plot_rdm_panels(result, [names[0], names[len(names) // 2], names[-2], names[-1]])
+    fig = plot_rdm_panels(result, list(dict.fromkeys([names[0], names[len(names) // 2], names[-2], names[-1]])))
     save_figure(fig, paths[3], overwrite=overwrite)
     plt.close(fig)
     return result
