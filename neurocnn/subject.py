@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -125,6 +126,16 @@ class VirtualSubject:
                 raise UnknownNameError(f"Alias {alias!r} points to {target!r}, which is not a module of the model.")
         self._call_counts: dict[str, int] | None = None
         self._shapes: dict[tuple[str | None, tuple[int, int]], tuple[int, ...]] = {}
+        self._lock = threading.RLock()  # hooks are per module: one forward pass at a time
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ names
     @property
@@ -299,15 +310,16 @@ class VirtualSubject:
 
             return hook
 
-        handles = [self._modules[d].register_forward_hook(capture(d)) for d in wanted]
-        try:
-            with torch.set_grad_enabled(grad):
-                self.model(images)
-        except _StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        with self._lock:
+            handles = [self._modules[d].register_forward_hook(capture(d)) for d in wanted]
+            try:
+                with torch.set_grad_enabled(grad):
+                    self.model(images)
+            except _StopForward:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
         return {layer: captured[layer] for layer in layers}
 
     def activations(
@@ -402,7 +414,7 @@ class VirtualSubject:
         finally:
             self.model.to(self.device)
         if client is not None and len(starts) > 1:
-            job = _ExtractJob(self, stim, names, batch_size, disk.path, {n: w.dims for n, w in writers.items()})
+            job = _ExtractJob(self, stim, names, batch_size, disk.path)
             tasks = map_tasks(_extract_batch, job, starts[1:], client, progress=progress, desc=f"{self.name} activations")
             for _, (start, stop) in tasks:
                 disk.mark_done(start, stop)
@@ -464,7 +476,7 @@ class _LayerWriter:
 
     def write(self, start: int, values: np.ndarray) -> None:
         if self.disk is not None:
-            _write_region(self.disk.path, self.name, self.dims, start, values)
+            _write_region(self.disk.path, self.name, start, values)
         else:
             self.buffer[start : start + values.shape[0]] = values
 
@@ -542,10 +554,12 @@ def _model_device(model: nn.Module, default: torch.device) -> torch.device:
     return default
 
 
-def _write_region(path: Path, group: str, dims: tuple[str, ...], start: int, values: np.ndarray) -> None:
-    region = xr.Dataset({"activation": (dims, values)})
-    region.to_zarr(path, group=group, region={"stimulus": slice(start, start + values.shape[0])},
-                   consolidated=False, zarr_format=2)
+def _write_region(path: Path, group: str, start: int, values: np.ndarray) -> None:
+    """Write a batch into its (chunk-aligned) rows of a layer's zarr array; safe from many workers."""
+    import zarr
+
+    array = zarr.open_array(str(path), path=f"{group}/activation", mode="r+", zarr_format=2)
+    array[start : start + values.shape[0]] = values
 
 
 @dataclass
@@ -557,7 +571,6 @@ class _ExtractJob:
     layers: list[str]
     batch_size: int
     path: Path
-    dims: dict[str, tuple[str, ...]]
 
 
 def _extract_batch(job: _ExtractJob, start: int) -> tuple[int, int]:
@@ -567,7 +580,7 @@ def _extract_batch(job: _ExtractJob, start: int) -> tuple[int, int]:
     with torch.inference_mode():
         outputs = job.subject.forward_layers(batch, job.layers)
     for name, out in outputs.items():
-        _write_region(job.path, name, job.dims[name], start, out.float().cpu().numpy())
+        _write_region(job.path, name, start, out.float().cpu().numpy())
     return start, stop
 
 
