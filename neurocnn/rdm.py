@@ -30,7 +30,6 @@ RDMs pooled per sample (noise ceilings).
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 import pathlib
@@ -44,6 +43,7 @@ import scipy.stats
 import torch
 import xarray as xr
 
+from ._version import version
 from ._validation import check_finite, check_fraction, check_option, check_positive_int
 from .scale import map_tasks
 from .exceptions import InvalidDataError, MissingFileError, ShapeMismatchError
@@ -82,13 +82,6 @@ _SYMMETRY_RTOL = 1e-6
 
 
 # ----------------------------------------------------------------------------- helpers
-def _version() -> str:
-    try:
-        return importlib.metadata.version("neurocnn")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def _tensor(x: np.ndarray) -> torch.Tensor:
     """Zero-copy torch view of x where possible (copies read-only or strided arrays)."""
     a = np.ascontiguousarray(x)
@@ -1051,7 +1044,7 @@ def _compute_one(act: _Activations, metric: str, noise, device, chunk_size, dtyp
         coords[name] = ("stimulus", values[first])
         coords[f"{name}2"] = ("stimulus2", values[first])
     attrs = _clean_attrs({k: act.attrs[k] for k in _PROVENANCE_KEYS if k in act.attrs})
-    attrs.update(metric=metric, n_features=int(act.n_features), neurocnn_version=_version())
+    attrs.update(metric=metric, n_features=int(act.n_features), neurocnn_version=version())
     if metric == "crossnobis":
         attrs["n_runs"] = int(len(np.unique(act.runs)))
     return xr.DataArray(D, dims=("stimulus", "stimulus2"), coords=coords, attrs=attrs)
@@ -1502,7 +1495,7 @@ def _bootstrap_dataset(sm, observed, evals, nc0, nc, ci, attrs) -> xr.Dataset:
         },
         coords={"layer": layers, "layer2": layers.copy(), "bound": bound,
                 "sample": np.arange(evals.shape[1])},
-        attrs={**attrs, "neurocnn_version": _version()},
+        attrs={**attrs, "neurocnn_version": version()},
     )
     return ds
 
@@ -1637,7 +1630,7 @@ def meg_layer_time_correlation(
         },
         coords={"layer": layers, "time": t, "sample": np.arange(n_bootstrap)},
         attrs={"method": method, "over": over, "seed": int(seed), "n_bootstrap": int(n_bootstrap),
-               "n_valid": int(valid.sum()), "ci": ci, "neurocnn_version": _version()},
+               "n_valid": int(valid.sum()), "ci": ci, "neurocnn_version": version()},
     )
 
 

@@ -27,7 +27,6 @@ NIfTI output (:func:`to_nifti`, :func:`save_maps`) and nilearn plots
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ import torch
 import xarray as xr
 
 from . import rdm as _rdm
+from ._version import version
 from ._validation import check_option, check_positive_int
 from .io import clean_attrs
 from .scale import map_tasks
@@ -82,13 +82,6 @@ class Volume(NamedTuple):
 
 
 # ------------------------------------------------------------------------ input
-def _version() -> str:
-    try:
-        return importlib.metadata.version("neurocnn")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def _load_img(x: Any, what: str) -> nib.spatialimages.SpatialImage:
     if isinstance(x, (str, os.PathLike)):
         path = pathlib.Path(x)
@@ -748,7 +741,7 @@ def searchlight(
         voxel_size_mm=[float(v) for v in vox], mask_source=mask_source, n_nan_voxels=n_nan,
         n_permutations=int(n_permutations), seed=int(seed),
         test=("sign_flip" if multi else "stimulus_permutation") if n_permutations else "none",
-        neurocnn_version=_version(), reference="Cichy et al. 2016, Sci. Rep.",
+        neurocnn_version=version(), reference="Cichy et al. 2016, Sci. Rep.",
     )
     result = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     if out is not None:

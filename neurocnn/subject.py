@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_option, check_positive_int
+from ._version import version
 from .exceptions import InvalidDataError, OverwriteError, ShapeMismatchError, UnknownNameError
 from .scale import map_tasks
 from .models import ModelSpec, Preprocessing, get_spec, load_model, spec_from_module
@@ -38,17 +39,6 @@ logger.addHandler(logging.NullHandler())
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.Tanh)
 _LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
 _SPATIAL_DIMS = {2: ("unit",), 3: ("channel", "position"), 4: ("channel", "y", "x")}
-
-
-def version() -> str:
-    """Return the installed neurocnn version (``"0+unknown"`` when not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as _version
-
-    try:
-        return _version("neurocnn")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 class _StopForward(Exception):
