@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import make_parser, make_subject, output_dir  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
-from neurocnn import rdm  # noqa: E402
+from neurocnn import rsa  # noqa: E402
 
 TIMES = np.round(np.arange(-0.1, 0.5001, 0.01), 3)  # s, 10 ms steps as in Cichy et al.
 
@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     subject = make_subject(args)
     layers = subject.default_layers[::2] if args.quick else subject.default_layers
     acts = subject.activations("92images", layers, progress=args.progress)
-    layer_rdms = rdm.compute_rdm(acts, "correlation")
+    layer_rdms = rsa.compute_rdm(acts, "correlation")
     if args.meg is not None:
         times = np.load(args.times) if args.times is not None else None
-        meg = rdm.load_meg_rdms(args.meg, times, stimulus_ids=layer_rdms["stimulus"].values)
+        meg = rsa.load_meg_rdms(args.meg, times, stimulus_ids=layer_rdms["stimulus"].values)
     else:
         meg = simulate_meg(layer_rdms, n_subjects=4 if args.quick else 8, noise=args.noise, seed=args.seed)
-    result = rdm.meg_layer_time_correlation(
+    result = rsa.meg_layer_time_correlation(
         layer_rdms, meg, method="spearman", n_bootstrap=50 if args.quick else args.n_bootstrap,
         seed=args.seed, progress=args.progress,
     )

@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 from scipy.spatial.distance import pdist, squareform
 
+from neurocnn import datasets
 from neurocnn import searchlight as sl
 
 N_STIM = 92
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up: {t_theirs / t_ours:.1f}x   max |neurocnn - rsatoolbox| over {len(centers)} "
           f"centres x {N_LAYERS} layers: {diff:.2e}")
 
-    mni = sl.mni_brain_mask()
+    mni = datasets.mni_brain_mask()
     n_brain = int(np.asarray(mni.dataobj).sum())
     estimate = n_brain / (n_centres / t_ours)
     print(f"\nwhole brain: {n_brain} centres in the MNI152 2 mm mask; estimate from the box "

@@ -116,7 +116,6 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 
     from . import io
     from .attribution import attribute
-    from .plotting import save_figure
     from .subject import VirtualSubject
 
     out = Path(args.out)

@@ -12,7 +12,7 @@ per-sphere Gram matrices from one batched matrix product (``X_S^T X_S`` for all
 spheres at once, torch/BLAS), the RDMs of the whole batch follow from the Gram matrices
 (correlation, cosine, Euclidean), and all centres x all layers are compared in one
 matrix product of rank-transformed, z-scored vectors (other comparison methods go
-through :func:`neurocnn.rdm.compare_rdms`'s implementation). Batches can be spread over
+through :func:`neurocnn.rsa.compare_rdms`'s implementation). Batches can be spread over
 a dask cluster (``client=``).
 
 Significance: with several subjects a one-sample sign-flip test of the subject maps (their
@@ -20,7 +20,6 @@ mean), with one subject a permutation of the model RDMs' stimulus labels; FWE
 correction by the maximum statistic over voxels, per layer.
 
 Also here: :func:`simulate_volume` (plant RDMs into spheres on the MNI 2 mm grid),
-:func:`haxby_category_patterns` (per-run category patterns of Haxby et al. 2001),
 NIfTI output (:func:`to_nifti`, :func:`save_maps`) and nilearn plots
 (:func:`plot_searchlight`).
 """
@@ -41,12 +40,14 @@ import scipy.stats
 import torch
 import xarray as xr
 
-from . import rdm as _rdm
-from ._version import version
 from ._validation import check_option, check_positive_int
-from .io import clean_attrs
+from ._version import version
+from .datasets import mni_brain_mask
+from .exceptions import InvalidDataError, ShapeMismatchError
+from .io import clean_attrs, load_nifti
+from .rsa import COMPARE_METHODS, compare_rdms
+from .rsa._stack import _as_stack, _to_square
 from .scale import map_tasks
-from .exceptions import InvalidDataError, MissingFileError, ShapeMismatchError
 
 __all__ = [
     "SEARCHLIGHT_METRICS",
@@ -57,9 +58,6 @@ __all__ = [
     "save_maps",
     "plot_searchlight",
     "simulate_volume",
-    "haxby_category_patterns",
-    "category_model_rdms",
-    "mni_brain_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,7 +68,6 @@ NanPolicy = Literal["drop", "raise"]
 
 _BATCH_BYTES = 64 * 2**20  # float64 gathered sphere data per batch
 _TAU_SUBBATCH_ELEMENTS = 2**25
-_HAXBY_LABELS = ("rest", "face", "house", "shoe", "cat", "scissors", "scrambledpix", "bottle", "chair")
 
 
 class Volume(NamedTuple):
@@ -82,23 +79,10 @@ class Volume(NamedTuple):
 
 
 # ------------------------------------------------------------------------ input
-def _load_img(x: Any, what: str) -> nib.spatialimages.SpatialImage:
-    if isinstance(x, (str, os.PathLike)):
-        path = pathlib.Path(x)
-        if not path.exists():
-            raise MissingFileError(f"{what}: file {str(path)!r} does not exist.")
-        return nib.load(path)
-    if isinstance(x, nib.spatialimages.SpatialImage):
-        return x
-    raise ShapeMismatchError(
-        f"{what} must be a NIfTI path or a nibabel image, got {type(x).__name__}."
-    )
-
-
 def _subject_volume(brain: Any, what: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """A 4-D image or a list of 3-D images -> (data (x, y, z, n) float32, affine, shape)."""
     if isinstance(brain, (list, tuple)):
-        imgs = [_load_img(b, f"{what}[{i}]") for i, b in enumerate(brain)]
+        imgs = [load_nifti(b, f"{what}[{i}]") for i, b in enumerate(brain)]
         if not imgs:
             raise ShapeMismatchError(f"{what} is an empty list of images.")
         ref = imgs[0]
@@ -116,7 +100,7 @@ def _subject_volume(brain: Any, what: str) -> tuple[np.ndarray, np.ndarray, tupl
                 )
         data = np.stack([np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3]) for img in imgs], -1)
         return data, np.asarray(ref.affine, dtype=np.float64), tuple(ref.shape[:3])
-    img = _load_img(brain, what)
+    img = load_nifti(brain, what)
     if img.ndim != 4:
         raise ShapeMismatchError(
             f"{what} has shape {img.shape}; expected a 4-D image (x, y, z, stimulus) or a list "
@@ -124,37 +108,6 @@ def _subject_volume(brain: Any, what: str) -> tuple[np.ndarray, np.ndarray, tupl
         )
     data = np.asarray(img.dataobj, dtype=np.float32)
     return data, np.asarray(img.affine, dtype=np.float64), tuple(img.shape[:3])
-
-
-def mni_brain_mask(reference: nib.spatialimages.SpatialImage | None = None) -> nib.Nifti1Image:
-    """nilearn's MNI152 brain mask (2 mm), resampled to ``reference``'s grid if given.
-
-    Parameters
-    ----------
-    reference : nibabel image, optional
-        Image whose grid (first three dims and affine) the mask is resampled to
-        (nearest neighbour).
-
-    Returns
-    -------
-    nibabel.Nifti1Image
-        Binary mask (uint8).
-
-    Examples
-    --------
-    >>> mask = mni_brain_mask()  # doctest: +SKIP
-    >>> mask.shape
-    (99, 117, 95)
-    """
-    from nilearn import datasets, image
-
-    mask = datasets.load_mni152_brain_mask(resolution=2)
-    if reference is not None:
-        target = nib.Nifti1Image(np.zeros(reference.shape[:3], np.uint8), reference.affine)
-        mask = image.resample_to_img(mask, target, interpolation="nearest",
-                                     force_resample=True, copy_header=True)
-    data = (np.asarray(mask.dataobj) > 0).astype(np.uint8)
-    return nib.Nifti1Image(data, mask.affine)
 
 
 def _mask_array(mask: Any, shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarray, str]:
@@ -172,7 +125,7 @@ def _mask_array(mask: Any, shape: tuple[int, int, int], affine: np.ndarray) -> t
         if arr.shape != shape:
             raise ShapeMismatchError(f"mask has shape {arr.shape}, data {shape}.")
     else:
-        img = _load_img(mask, "mask")
+        img = load_nifti(mask, "mask")
         source = str(mask) if isinstance(mask, (str, os.PathLike)) else "image"
         if tuple(img.shape[:3]) != shape or (img.ndim == 4 and img.shape[3] != 1) or img.ndim > 4:
             raise ShapeMismatchError(
@@ -332,7 +285,7 @@ def _compare(A: np.ndarray, B: np.ndarray, Bprep: np.ndarray | None, method: str
         step = max(1, _TAU_SUBBATCH_ELEMENTS // (A.shape[1] ** 2))
     Bd = xr.DataArray(B, dims=("model", "pair"))
     return np.concatenate([
-        _rdm.compare_rdms(xr.DataArray(A[i : i + step], dims=("centre", "pair")), Bd, method).values
+        compare_rdms(xr.DataArray(A[i : i + step], dims=("centre", "pair")), Bd, method).values
         for i in range(0, A.shape[0], step)
     ])
 
@@ -403,7 +356,7 @@ def _run_batch(job: _Job, start: int, stop: int) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------- driver
 def _model_stack(model_rdms: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    st = _rdm._as_stack(model_rdms, "model_rdms")
+    st = _as_stack(model_rdms, "model_rdms")
     if st.ids is None:
         raise ShapeMismatchError(
             "model_rdms need stimulus ids: pass a DataArray with dims (layer, stimulus, "
@@ -477,7 +430,7 @@ def _run_all(job: _Job, batch: int, client: Any, progress: bool, desc: str) -> d
 def _permuted_models(B: np.ndarray, n_stim: int, n_perm: int, rng: np.random.Generator) -> np.ndarray:
     """(L, P) -> (n_perm * L, P): each permutation relabels the stimuli of all layers."""
     iu = np.triu_indices(n_stim, 1)
-    sq = _rdm._to_square(B, n_stim)  # (L, n, n)
+    sq = _to_square(B, n_stim)  # (L, n, n)
     out = np.empty((n_perm, B.shape[0], B.shape[1]))
     for p in range(n_perm):
         perm = rng.permutation(n_stim)
@@ -618,7 +571,7 @@ def searchlight(
     >>> to_nifti(res, "stage4").to_filename("stage4.nii.gz")  # doctest: +SKIP
     """
     check_option("metric", metric, SEARCHLIGHT_METRICS)
-    check_option("method", method, _rdm.COMPARE_METHODS)
+    check_option("method", method, COMPARE_METHODS)
     check_option("nan_policy", nan_policy, ("drop", "raise"))
     min_voxels = check_positive_int("min_voxels", min_voxels)
     if n_permutations != 0:
@@ -1010,7 +963,7 @@ def simulate_volume(
     B, ids, layers, _ = _model_stack(layer_rdms)
     n = len(ids)
     rng = np.random.default_rng(seed)
-    mimg = mni_brain_mask() if mask is None else _load_img(mask, "mask")
+    mimg = mni_brain_mask() if mask is None else load_nifti(mask, "mask")
     marr = np.asarray(mimg.dataobj).reshape(mimg.shape[:3]) != 0
     affine = np.asarray(mimg.affine, dtype=np.float64)
     if box is not None:
@@ -1028,7 +981,7 @@ def simulate_volume(
     data = (rng.standard_normal(shape + (n,)) * noise).astype(np.float32)
     ijk = np.argwhere(np.ones(shape, bool))
     world = nib.affines.apply_affine(affine, ijk).reshape(shape + (3,))
-    squares = _rdm._to_square(B, n)
+    squares = _to_square(B, n)
     for r in regions:
         li = list(layers).index(check_option("layer", str(r["layer"]), list(layers)))
         dist = np.sqrt(((world - np.asarray(r["center"], float)) ** 2).sum(-1))
@@ -1042,111 +995,3 @@ def simulate_volume(
         data[inside] += P.T.astype(np.float32)
     hdr_img = nib.Nifti1Image(data, affine)
     return Volume(hdr_img, nib.Nifti1Image(marr.astype(np.uint8), affine), ids.copy())
-
-
-# ------------------------------------------------------------------- Haxby 2001
-def haxby_category_patterns(root: str | os.PathLike | None = None, *, lag: int = 2,
-                            categories: Sequence[str] | None = None) -> Volume:
-    """Per-run category response patterns of Haxby et al. (2001), PyMVPA's single slice.
-
-    For every run (chunk) and category, the mean of the volumes labelled with that
-    category, the labels shifted by ``lag`` volumes (haemodynamic delay, TR 2.5 s)
-    within the run, minus the run's mean volume (per voxel).
-
-    Parameters
-    ----------
-    root : path, optional
-        Folder with ``bold.nii.gz``, ``attributes.txt``, ``mask.nii.gz`` (default:
-        ``neurocnn.datasets.fetch_dataset("haxby2001")``).
-    lag : int
-        Label shift in volumes.
-    categories : sequence of str, optional
-        Categories to keep (default: the 8 non-rest categories).
-
-    Returns
-    -------
-    Volume
-        ``img`` 4-D image ``(40, 20, 1, n_runs * n_categories)``, the PyMVPA ``mask``,
-        ``stimulus_ids`` (the category of each volume; runs repeat the ids, which
-        :func:`searchlight` averages).
-
-    Raises
-    ------
-    MissingFileError
-        The data are not available.
-    UnknownNameError
-        Unknown category.
-
-    Examples
-    --------
-    >>> vol = haxby_category_patterns()  # doctest: +SKIP
-    """
-    if root is None:
-        from .datasets import fetch_dataset
-
-        root = fetch_dataset("haxby2001")
-    root = pathlib.Path(root)
-    cats = list(_HAXBY_LABELS[1:]) if categories is None else [check_option("category", c, _HAXBY_LABELS[1:]) for c in categories]
-    bold = _load_img(root / "bold.nii.gz", "bold")
-    attr_path = root / "attributes.txt"
-    if not attr_path.exists():
-        raise MissingFileError(f"{str(attr_path)!r} does not exist.")
-    attrs = np.loadtxt(attr_path, dtype=int)
-    labels, runs = attrs[:, 0], attrs[:, 1]
-    data = np.asarray(bold.dataobj, dtype=np.float64)
-    if data.shape[-1] != len(labels):
-        raise ShapeMismatchError(f"{data.shape[-1]} volumes but {len(labels)} label rows.")
-    shifted = np.full_like(labels, -1)
-    for run in np.unique(runs):
-        idx = np.flatnonzero(runs == run)
-        shifted[idx[lag:]] = labels[idx[: len(idx) - lag]] if lag else labels[idx]
-    vols, ids = [], []
-    for run in np.unique(runs):
-        in_run = runs == run
-        base = data[..., in_run].mean(-1)
-        for c in cats:
-            sel = in_run & (shifted == _HAXBY_LABELS.index(c))
-            if sel.any():
-                vols.append(data[..., sel].mean(-1) - base)
-                ids.append(c)
-    img = nib.Nifti1Image(np.stack(vols, -1).astype(np.float32), bold.affine)
-    return Volume(img, _load_img(root / "mask.nii.gz", "mask"), np.array(ids))
-
-
-def category_model_rdms(categories: Sequence[str], groupings: Mapping[str, Mapping[str, str]]) -> xr.DataArray:
-    """Binary model RDMs from category groupings (0 within a group, 1 between).
-
-    Parameters
-    ----------
-    categories : sequence of str
-        Stimulus ids (e.g. the Haxby categories).
-    groupings : dict
-        ``{model name: {category: group}}``.
-
-    Returns
-    -------
-    xr.DataArray
-        Dims ``("layer", "stimulus", "stimulus2")``, one RDM per grouping.
-
-    Raises
-    ------
-    ShapeMismatchError
-        A grouping misses a category.
-
-    Examples
-    --------
-    >>> rdms = category_model_rdms(["a", "b", "c"], {"m": {"a": "x", "b": "x", "c": "y"}})
-    >>> float(rdms.sel(layer="m", stimulus="a", stimulus2="c"))
-    1.0
-    """
-    cats = np.asarray(categories).astype(str)
-    mats = []
-    for name, g in groupings.items():
-        missing = [c for c in cats if c not in g]
-        if missing:
-            raise ShapeMismatchError(f"grouping {name!r} has no group for {missing}.")
-        lab = np.array([g[c] for c in cats])
-        mats.append((lab[:, None] != lab[None, :]).astype(np.float64))
-    return xr.DataArray(np.stack(mats), dims=("layer", "stimulus", "stimulus2"),
-                        coords={"layer": list(groupings), "stimulus": cats, "stimulus2": cats.copy()},
-                        attrs={"metric": "category"})

@@ -9,6 +9,7 @@ import scipy.stats
 import xarray as xr
 from scipy.spatial.distance import pdist, squareform
 
+from neurocnn import datasets, rsa
 from neurocnn import searchlight as sl
 from neurocnn.exceptions import InvalidDataError, ShapeMismatchError, UnknownNameError
 
@@ -314,12 +315,12 @@ def test_dask_client_gives_the_same_result(volume, rdms, small_mask):
 
 # ------------------------------------------------------------------ real data
 def test_haxby_single_slice_category_structure(mirror):
-    vol = sl.haxby_category_patterns(mirror / "data" / "haxby2001")
+    vol = datasets.haxby_category_patterns(mirror / "data" / "haxby2001")
     assert vol.img.shape == (40, 20, 1, 96)  # 12 runs x 8 categories
     cats = ["face", "house", "shoe", "cat", "scissors", "scrambledpix", "bottle", "chair"]
     groups = {"face": "face", "cat": "animal", "house": "house", "scrambledpix": "scrambled",
               **{c: "object" for c in ("shoe", "scissors", "bottle", "chair")}}
-    model = sl.category_model_rdms(cats, {"category": groups})
+    model = rsa.category_model_rdms(cats, {"category": groups})
     res = sl.searchlight(vol.img, model, vol.mask, radius=6.0, min_voxels=5,
                          stimulus_ids=vol.stimulus_ids, progress=False)
     assert res.sizes["voxel"] == 530
