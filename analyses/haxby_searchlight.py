@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     vol = datasets.haxby_category_patterns(lag=args.lag, categories=CATEGORIES)
     models = rsa.category_model_rdms(CATEGORIES, MODELS)
     n_perm = 200 if args.quick else 5000
-    res = searchlight.searchlight(vol.img, models, vol.mask, radius=args.radius, min_voxels=5,
+    res = searchlight.searchlight(vol.img, models, mask=vol.mask, radius=args.radius, min_voxels=5,
                                   stimulus_ids=vol.stimulus_ids, n_permutations=n_perm,
                                   seed=args.seed, progress=args.progress)
     res.attrs.update(data="Haxby et al. 2001, subject 1, PyMVPA single slice", lag_volumes=args.lag)

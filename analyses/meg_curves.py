@@ -64,7 +64,7 @@ def plot_curves(result: xr.Dataset):
     for color, layer in zip(colors, result.layer.values):
         r = result.sel(layer=layer)
         ax.plot(t_ms, r.correlation, color=color, label=f"{layer} ({1000 * float(r.peak_latency):.0f} ms)")
-        ax.fill_between(t_ms, r.ci_lower, r.ci_upper, color=color, alpha=0.2, lw=0)
+        ax.fill_between(t_ms, r.ci_low, r.ci_high, color=color, alpha=0.2, lw=0)
     ax.axvline(0, color="k", lw=0.5)
     ax.set_xlabel("time from stimulus onset (ms)")
     ax.set_ylabel(f"{result.attrs['method']} with MEG RDMs")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     layer_rdms = rsa.compute_rdm(acts, "correlation")
     if args.meg is not None:
         times = np.load(args.times) if args.times is not None else None
-        meg = rsa.load_meg_rdms(args.meg, times, stimulus_ids=layer_rdms["stimulus"].values)
+        meg = rsa.load_meg_rdms(args.meg, times=times, stimulus_ids=layer_rdms["stimulus"].values)
     else:
         meg = simulate_meg(layer_rdms, n_subjects=4 if args.quick else 8, noise=args.noise, seed=args.seed)
     result = rsa.meg_layer_time_correlation(
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for layer in result.layer.values:
         r = result.sel(layer=layer)
         print(f"{layer:>8}: peak {1000 * float(r.peak_latency):4.0f} ms "
-              f"[{1000 * float(r.peak_latency_ci_lower):.0f}, {1000 * float(r.peak_latency_ci_upper):.0f}]")
+              f"[{1000 * float(r.peak_latency_ci_low):.0f}, {1000 * float(r.peak_latency_ci_high):.0f}]")
     return 0
 
 

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in regions:
             print(f"planted {r['layer']:>8} at MNI {r['center']} (radius {r['radius']} mm)")
 
-    res = searchlight.searchlight(img, layer_rdms, mask, radius=args.radius, stimulus_ids=ids,
+    res = searchlight.searchlight(img, layer_rdms, mask=mask, radius=args.radius, stimulus_ids=ids,
                                   progress=args.progress, n_permutations=args.permutations,
                                   seed=args.seed)
     res.attrs.update(data=source, model=str(layer_rdms.attrs.get("model", "")))

@@ -71,9 +71,9 @@ def case_compare(n: int, k: int, repeats: int) -> Row:
     p = n * (n - 1) // 2
     base = rng.random(p)
     a, b = base + rng.random((k, p)), base + rng.random((k, p))
-    ours = best_of(lambda: rsa.compare_rdms(a, b, "spearman"), repeats)
+    ours = best_of(lambda: rsa.compare_rdms(a, b, method="spearman"), repeats)
     ref = best_of(lambda: compare(RDMs(a), RDMs(b), "spearman"), 1)
-    err = np.abs(rsa.compare_rdms(a, b, "spearman").values - compare(RDMs(a), RDMs(b), "spearman")).max()
+    err = np.abs(rsa.compare_rdms(a, b, method="spearman").values - compare(RDMs(a), RDMs(b), "spearman")).max()
     return f"spearman compare {k} x {k} RDMs, {n} stimuli", ours, ref, f"max |diff| {err:.1e}"
 
 
@@ -87,7 +87,7 @@ def case_bootstrap(n_boot: int, n_ref: int) -> Row:
     box: dict[str, object] = {}
 
     def ours_fn() -> None:
-        box["ours"] = rsa.bootstrap_rdm_comparison(models, brain, "spearman", n_bootstrap=n_boot,
+        box["ours"] = rsa.bootstrap_rdm_comparison(models, brain, method="spearman", n_bootstrap=n_boot,
                                                    seed=0, progress=False)
 
     ours = best_of(ours_fn, 1)
@@ -124,7 +124,7 @@ def case_tau_bootstrap(n_boot: int, n_ref: int) -> list[Row]:
 
     def ours_fn(over: str) -> Callable[[], None]:
         def run() -> None:
-            box[over] = rsa.bootstrap_rdm_comparison(models, brain, "tau_a", n_bootstrap=n_boot,
+            box[over] = rsa.bootstrap_rdm_comparison(models, brain, method="tau_a", n_bootstrap=n_boot,
                                                      over=over, seed=0, progress=False)
         return run
 

@@ -75,7 +75,7 @@ def layers_vs_brain(
         ``layer_rdm`` (layer, stimulus, stimulus2), ``brain_rdm`` (subject, stimulus,
         stimulus2) and, with a ``comparison`` dim (the comparison methods), the bootstrap summaries of
         :func:`neurocnn.rsa.bootstrap_rdm_comparison` (``observed``, ``mean``, ``sd``,
-        ``ci_lower``, ``ci_upper``, ``noise_ceiling``, ``p_layer_vs_lower_ceiling``,
+        ``ci_low``, ``ci_high``, ``noise_ceiling``, ``p_layer_vs_lower_ceiling``,
         ``p_layer_vs_layer``, ...). attrs: provenance of the network and the analysis.
     """
     layers = list(layers or subject.default_layers)
@@ -137,7 +137,7 @@ def plot_layers_vs_brain(result: xr.Dataset, method: str = "tau_a", *, ax=None):
     ax.axhspan(lower, upper, color="0.85", zorder=0)
     below = r.p_layer_vs_lower_ceiling.values < 0.05
     colors = np.where(below, "#9ecae1", "#08519c")
-    err = np.vstack([r.observed - r.ci_lower, r.ci_upper - r.observed])
+    err = np.vstack([r.observed - r.ci_low, r.ci_high - r.observed])
     ax.bar(x, r.observed.values, yerr=err, color=colors, capsize=2, zorder=2)
     ax.set_xticks(x, layers, rotation=45, ha="right")
     label = {"tau_a": "Kendall $\\tau_A$", "spearman": "Spearman $\\rho$"}.get(method, method)

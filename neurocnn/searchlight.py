@@ -285,7 +285,7 @@ def _compare(A: np.ndarray, B: np.ndarray, Bprep: np.ndarray | None, method: str
         step = max(1, _TAU_SUBBATCH_ELEMENTS // (A.shape[1] ** 2))
     Bd = xr.DataArray(B, dims=("model", "pair"))
     return np.concatenate([
-        compare_rdms(xr.DataArray(A[i : i + step], dims=("centre", "pair")), Bd, method).values
+        compare_rdms(xr.DataArray(A[i : i + step], dims=("centre", "pair")), Bd, method=method).values
         for i in range(0, A.shape[0], step)
     ])
 
@@ -477,12 +477,12 @@ def _p_values(obs: np.ndarray, exceed: np.ndarray, null_max: np.ndarray, n_perm:
 def searchlight(
     brain: Any,
     model_rdms: Any,
+    *,
     mask: Any = None,
     radius: float = 6.0,
     min_voxels: int = 10,
     metric: SearchlightMetric = "correlation",
     method: str = "spearman",
-    *,
     stimulus_ids: Sequence[str] | np.ndarray | None = None,
     batch_size: int | None = None,
     client: Any = None,
@@ -503,7 +503,7 @@ def searchlight(
         on one grid (a map each, averaged, and a sign-flip test with ``n_permutations``).
     model_rdms : xr.DataArray
         Layer RDMs, dims ``(layer, stimulus, stimulus2)`` (a single RDM also works)
-        with stimulus ids, e.g. ``neurocnn.rdm.compute_rdm(acts_dict)``.
+        with stimulus ids, e.g. ``neurocnn.rsa.compute_rdm(acts_dict)``.
     mask : path, nibabel image or bool ndarray, optional
         Brain mask on the data's grid (same shape and affine). Default: nilearn's
         MNI152 brain mask resampled to the data (the data must be in MNI space).
@@ -517,8 +517,8 @@ def searchlight(
         Dissimilarity of two stimuli's patterns over the sphere's voxels (as
         ``scipy.spatial.distance.pdist``).
     method : str
-        RDM comparison, any of :data:`neurocnn.rdm.COMPARE_METHODS` (``spearman``,
-        ``pearson``, ``tau_a``, ...); values as :func:`neurocnn.rdm.compare_rdms`.
+        RDM comparison, any of :data:`neurocnn.rsa.COMPARE_METHODS` (``spearman``,
+        ``pearson``, ``tau_a``, ...); values as :func:`neurocnn.rsa.compare_rdms`.
     stimulus_ids : sequence of str, optional
         Id of each volume (repeated ids, e.g. runs, are averaged). Default: the
         volumes are the model's stimuli in the model's order (counts must match).
@@ -567,7 +567,7 @@ def searchlight(
     Examples
     --------
     >>> vol = simulate_volume(layer_rdms, regions=[...])  # doctest: +SKIP
-    >>> res = searchlight(vol.img, layer_rdms, vol.mask, stimulus_ids=vol.stimulus_ids)  # doctest: +SKIP
+    >>> res = searchlight(vol.img, layer_rdms, mask=vol.mask, stimulus_ids=vol.stimulus_ids)  # doctest: +SKIP
     >>> to_nifti(res, "stage4").to_filename("stage4.nii.gz")  # doctest: +SKIP
     """
     check_option("metric", metric, SEARCHLIGHT_METRICS)
@@ -582,43 +582,13 @@ def searchlight(
     n_stim = len(model_ids)
     if n_stim < 3:
         raise InvalidDataError(f"a searchlight needs at least 3 stimuli, model_rdms have {n_stim}.")
-
-    subjects = dict(brain) if isinstance(brain, Mapping) else {"0": brain}
-    multi = isinstance(brain, Mapping)
-    if multi and not subjects:
-        raise ShapeMismatchError("brain is an empty dict of subjects.")
-    volumes = {}
-    grid = None
-    for name, value in subjects.items():
-        data, affine, shape = _subject_volume(value, f"brain[{name!r}]" if multi else "brain")
-        if grid is not None and (shape != grid[1] or not np.allclose(affine, grid[0], atol=1e-4)):
-            raise ShapeMismatchError(
-                f"subject {name!r} is on another grid ({shape}) than the first subject "
-                f"({grid[1]}); resample all subjects to one grid (e.g. MNI 2 mm)."
-            )
-        grid = (affine, shape)
-        volumes[str(name)] = data
+    volumes, affine, shape, multi = _load_subjects(brain)
     if n_permutations and multi and len(volumes) < 2:
         raise InvalidDataError("a sign-flip test needs at least 2 subjects; pass one subject "
                                "(not a dict) for a stimulus-label permutation test.")
-    affine, shape = grid
     offsets = sphere_offsets(affine, radius)
     mask_arr, mask_source = _mask_array(mask, shape, affine)
-
-    bad = np.zeros(shape, bool)
-    for data in volumes.values():
-        bad |= ~np.isfinite(data).all(-1)
-    n_nan = int((bad & mask_arr).sum())
-    if n_nan:
-        if nan_policy == "raise":
-            raise InvalidDataError(
-                f"{n_nan} of {int(mask_arr.sum())} mask voxels have NaN/inf in at least one "
-                "volume; pass nan_policy='drop' to leave them out, or fix the mask."
-            )
-        logger.warning("searchlight: dropping %d mask voxels with NaN/inf values", n_nan)
-    usable = mask_arr & ~bad
-    if not usable.any():
-        raise InvalidDataError("no usable voxel: every mask voxel has NaN/inf values.")
+    usable, n_nan = _usable_voxels(volumes, mask_arr, nan_policy)
 
     index = np.full(shape, -1, np.int64)
     index[usable] = np.arange(int(usable.sum()))
@@ -652,35 +622,14 @@ def searchlight(
             f"{int(count.max())} mask voxels, min_voxels is {min_voxels} (or all patterns "
             "are constant). Increase radius or lower min_voxels."
         )
-
+    data_vars, coords = _result_maps(scores, list(volumes), multi, n_permutations, null_parts, rng, progress)
     world = nib.affines.apply_affine(affine, centres)
-    coords: dict[str, Any] = {
+    coords.update({
         "layer": layers,
         "i": ("voxel", centres[:, 0]), "j": ("voxel", centres[:, 1]), "k": ("voxel", centres[:, 2]),
         "x": ("voxel", world[:, 0]), "y": ("voxel", world[:, 1]), "z": ("voxel", world[:, 2]),
-    }
-    data_vars: dict[str, Any] = {"n_voxels": ("voxel", count.astype(np.int64))}
-    if multi:
-        maps = np.stack(scores)
-        coords["subject"] = np.array(list(volumes))
-        data_vars["subject_correlation"] = (("subject", "layer", "voxel"), maps)
-        with np.errstate(invalid="ignore"):
-            data_vars["correlation"] = (("layer", "voxel"), maps.mean(0))
-    else:
-        data_vars["correlation"] = (("layer", "voxel"), scores[0])
-    if n_permutations:
-        if multi:
-            exceed, null_max = _sign_flip(np.stack(scores), n_permutations, rng, progress)
-            stat = data_vars["correlation"][1]
-        else:
-            stat = scores[0]
-            exceed, null_max = null_parts
-        p_unc, p_fwe = _p_values(stat, exceed, null_max, n_permutations)
-        data_vars["p_uncorrected"] = (("layer", "voxel"), p_unc)
-        data_vars["p_fwe"] = (("layer", "voxel"), p_fwe)
-        coords["permutation"] = np.arange(n_permutations)
-        data_vars["null_max"] = (("permutation", "layer"), null_max)
-
+    })
+    data_vars["n_voxels"] = ("voxel", count.astype(np.int64))
     attrs: dict[str, Any] = {
         f"model_{k}": v for k, v in clean_attrs(model_attrs).items()
         if k in ("model", "weights_sha256", "metric", "preprocessing", "neurocnn_version")
@@ -702,6 +651,72 @@ def searchlight(
 
         save(result, out, overwrite=overwrite)
     return result
+
+
+def _load_subjects(brain: Any) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[int, int, int], bool]:
+    """One subject or a dict of subjects -> {name: data}, the common affine and shape, multi."""
+    subjects = dict(brain) if isinstance(brain, Mapping) else {"0": brain}
+    multi = isinstance(brain, Mapping)
+    if multi and not subjects:
+        raise ShapeMismatchError("brain is an empty dict of subjects.")
+    volumes = {}
+    grid = None
+    for name, value in subjects.items():
+        data, affine, shape = _subject_volume(value, f"brain[{name!r}]" if multi else "brain")
+        if grid is not None and (shape != grid[1] or not np.allclose(affine, grid[0], atol=1e-4)):
+            raise ShapeMismatchError(
+                f"subject {name!r} is on another grid ({shape}) than the first subject "
+                f"({grid[1]}); resample all subjects to one grid (e.g. MNI 2 mm)."
+            )
+        grid = (affine, shape)
+        volumes[str(name)] = data
+    return volumes, grid[0], grid[1], multi
+
+
+def _usable_voxels(volumes: Mapping[str, np.ndarray], mask_arr: np.ndarray, nan_policy: str) -> tuple[np.ndarray, int]:
+    """Mask voxels finite in every volume of every subject, and how many were dropped."""
+    bad = np.zeros(mask_arr.shape, bool)
+    for data in volumes.values():
+        bad |= ~np.isfinite(data).all(-1)
+    n_nan = int((bad & mask_arr).sum())
+    if n_nan:
+        if nan_policy == "raise":
+            raise InvalidDataError(
+                f"{n_nan} of {int(mask_arr.sum())} mask voxels have NaN/inf in at least one "
+                "volume; pass nan_policy='drop' to leave them out, or fix the mask."
+            )
+        logger.warning("searchlight: dropping %d mask voxels with NaN/inf values", n_nan)
+    usable = mask_arr & ~bad
+    if not usable.any():
+        raise InvalidDataError("no usable voxel: every mask voxel has NaN/inf values.")
+    return usable, n_nan
+
+
+def _result_maps(scores, subjects, multi, n_permutations, null_parts, rng, progress) -> tuple[dict, dict]:
+    """Correlation maps (subject mean with several subjects) and permutation p-values."""
+    coords: dict[str, Any] = {}
+    data_vars: dict[str, Any] = {}
+    if multi:
+        maps = np.stack(scores)
+        coords["subject"] = np.array(subjects)
+        data_vars["subject_correlation"] = (("subject", "layer", "voxel"), maps)
+        with np.errstate(invalid="ignore"):
+            data_vars["correlation"] = (("layer", "voxel"), maps.mean(0))
+    else:
+        data_vars["correlation"] = (("layer", "voxel"), scores[0])
+    if n_permutations:
+        if multi:
+            exceed, null_max = _sign_flip(np.stack(scores), n_permutations, rng, progress)
+            stat = data_vars["correlation"][1]
+        else:
+            stat = scores[0]
+            exceed, null_max = null_parts
+        p_unc, p_fwe = _p_values(stat, exceed, null_max, n_permutations)
+        data_vars["p_uncorrected"] = (("layer", "voxel"), p_unc)
+        data_vars["p_fwe"] = (("layer", "voxel"), p_fwe)
+        coords["permutation"] = np.arange(n_permutations)
+        data_vars["null_max"] = (("permutation", "layer"), null_max)
+    return data_vars, coords
 
 
 # ------------------------------------------------------------------- output

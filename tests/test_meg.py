@@ -43,9 +43,9 @@ def test_planted_peaks_recovered(n_subjects):
     assert ds.correlation.dims == ("layer", "time")
     assert list(ds.layer.values) == ["conv1", "conv3", "fc7"]
     np.testing.assert_allclose(ds.peak_latency.values, TIMES[list(PEAKS)], atol=0.0101)
-    assert np.all(ds.peak_latency_ci_lower <= ds.peak_latency + 1e-12)
-    assert np.all(ds.peak_latency_ci_upper >= ds.peak_latency - 1e-12)
-    assert np.all(ds.peak_latency_ci_upper - ds.peak_latency_ci_lower <= 0.0301)
+    assert np.all(ds.peak_latency_ci_low <= ds.peak_latency + 1e-12)
+    assert np.all(ds.peak_latency_ci_high >= ds.peak_latency - 1e-12)
+    assert np.all(ds.peak_latency_ci_high - ds.peak_latency_ci_low <= 0.0301)
     assert ds.attrs["over"] == ("subjects" if n_subjects else "stimuli")
     again = rsa.meg_layer_time_correlation(lay, da, n_bootstrap=100, seed=1, progress=False)
     xr.testing.assert_identical(ds, again)

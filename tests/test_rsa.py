@@ -188,7 +188,7 @@ def test_compute_rdm_errors():
 @pytest.mark.parametrize("ties", [False, True])
 def test_compare_matches_rsatoolbox(method, ties):
     a, b = _vectors(3, 15, 0, ties), _vectors(4, 15, 1, ties)
-    got = rsa.compare_rdms(a, b, method)
+    got = rsa.compare_rdms(a, b, method=method)
     ref = rsa_rdm.compare(rsa_rdm.RDMs(a), rsa_rdm.RDMs(b), RSA_METHOD[method])
     assert got.dims == ("rdm", "rdm2") and got.shape == (3, 4)
     np.testing.assert_allclose(got.values, ref, atol=1e-12)
@@ -196,10 +196,10 @@ def test_compare_matches_rsatoolbox(method, ties):
 
 def test_compare_scipy_oracles():
     a, b = _vectors(1, 20, 2)[0], _vectors(1, 20, 3)[0]
-    assert float(rsa.compare_rdms(a, b, "spearman")) == pytest.approx(scipy.stats.spearmanr(a, b)[0], abs=1e-12)
-    assert float(rsa.compare_rdms(a, b, "pearson")) == pytest.approx(scipy.stats.pearsonr(a, b)[0], abs=1e-12)
+    assert float(rsa.compare_rdms(a, b, method="spearman")) == pytest.approx(scipy.stats.spearmanr(a, b)[0], abs=1e-12)
+    assert float(rsa.compare_rdms(a, b, method="pearson")) == pytest.approx(scipy.stats.pearsonr(a, b)[0], abs=1e-12)
     # tie-free: tau-a == tau-b
-    assert float(rsa.compare_rdms(a, b, "tau_a")) == pytest.approx(scipy.stats.kendalltau(a, b)[0], abs=1e-12)
+    assert float(rsa.compare_rdms(a, b, method="tau_a")) == pytest.approx(scipy.stats.kendalltau(a, b)[0], abs=1e-12)
 
 
 def test_tau_a_with_ties_by_hand():
@@ -209,14 +209,14 @@ def test_tau_a_with_ties_by_hand():
     for i in range(6):
         for j in range(i + 1, 6):
             s += np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
-    assert float(rsa.compare_rdms(x, y, "tau_a")) == pytest.approx(s / 15.0, abs=1e-15)
+    assert float(rsa.compare_rdms(x, y, method="tau_a")) == pytest.approx(s / 15.0, abs=1e-15)
 
 
 def test_tau_a_large_fallback_matches_planned_path(monkeypatch):
     a, b = _vectors(2, 12, 5, ties=True), _vectors(2, 12, 6, ties=True)
-    exact = rsa.compare_rdms(a, b, "tau_a").values
+    exact = rsa.compare_rdms(a, b, method="tau_a").values
     monkeypatch.setattr(_kernels, "_TAU_PLAN_MAX_PAIRS", 10)
-    np.testing.assert_array_equal(rsa.compare_rdms(a, b, "tau_a").values, exact)
+    np.testing.assert_array_equal(rsa.compare_rdms(a, b, method="tau_a").values, exact)
     brute = [[_tau_a_brute(x, y, np.ones(x.size)) for y in b] for x in a]
     np.testing.assert_allclose(exact, brute, atol=1e-12)
 
@@ -270,7 +270,7 @@ def test_tau_a_bootstrap_92images_equals_rsatoolbox_resampled_rdms():
 
     brain = datasets.load_92images_brain_rdms().groupby("subject").mean()
     models = datasets.load_92images_reference_rdms().isel(rdm=[2, 3, 5, 8])  # animacy, categories, EVA, V1
-    ds = rsa.bootstrap_rdm_comparison(models, brain, "tau_a", n_bootstrap=3, over="both", seed=7,
+    ds = rsa.bootstrap_rdm_comparison(models, brain, method="tau_a", n_bootstrap=3, over="both", seed=7,
                                       progress=False)
     samples = _resampling._draw(np.random.default_rng(7), 3, 92, 4, "both")
     m_rdms, b_rdms = rsa_rdm.RDMs(models.values), rsa_rdm.RDMs(brain.values)
@@ -310,7 +310,7 @@ def test_compare_reorders_stimuli_and_accepts_formats():
 def test_compare_flattens_several_stack_dims():
     v = _vectors(6, 8, 1).reshape(2, 3, -1)
     da = xr.DataArray(v, dims=("subject", "session", "pair"), coords={"subject": ["x", "y"]})
-    got = rsa.compare_rdms(_vectors(1, 8, 2)[0], da, "pearson")
+    got = rsa.compare_rdms(_vectors(1, 8, 2)[0], da, method="pearson")
     assert got.dims == ("rdm",) and list(got.subject.values) == ["x"] * 3 + ["y"] * 3
     np.testing.assert_allclose(got.values[4], scipy.stats.pearsonr(_vectors(1, 8, 2)[0], v[1, 1])[0])
 
@@ -332,7 +332,7 @@ def test_compare_errors():
     with pytest.raises(InvalidDataError, match="NaN"):
         rsa.compare_rdms(r, nan)
     with pytest.raises(UnknownNameError, match="spearman"):
-        rsa.compare_rdms(r, r, "spearmann")
+        rsa.compare_rdms(r, r, method="spearmann")
     with pytest.raises(ShapeMismatchError, match="n\\*\\(n-1\\)/2"):
         rsa.compare_rdms(np.ones(7), np.ones(7))
 
@@ -341,7 +341,7 @@ def test_compare_errors():
 @pytest.mark.parametrize("method", sorted(RSA_METHOD))
 def test_noise_ceiling_matches_rsatoolbox(method):
     v = _vectors(5, 14, 11, ties=method == "spearman")
-    nc = rsa.noise_ceiling(v, method)
+    nc = rsa.noise_ceiling(v, method=method)
     with pytest.warns(UserWarning) if method == "tau_a" else _nullcontext():
         ref = boot_noise_ceiling(rsa_rdm.RDMs(v), RSA_METHOD[method])
     np.testing.assert_allclose(nc.values, ref, atol=1e-12)
@@ -388,7 +388,7 @@ def test_bootstrap_reproducible_and_structured():
     assert ds.evaluation.dims == ("layer", "sample") and list(ds.layer.values) == ["l1", "l2"]
     assert ds.p_layer_vs_layer.dims == ("layer", "layer2")
     assert ds.attrs["seed"] == 3 and ds.attrs["over"] == "stimuli"
-    assert np.all((ds.ci_lower <= ds["mean"]) & (ds["mean"] <= ds.ci_upper))
+    assert np.all((ds.ci_low <= ds["mean"]) & (ds["mean"] <= ds.ci_high))
     np.testing.assert_allclose(ds.observed, rsa.compare_rdms(models, data).mean("rdm"), atol=1e-12)
     np.testing.assert_allclose(ds.noise_ceiling, rsa.noise_ceiling(data), atol=1e-12)
     # l1 is the signal shared with the data, l2 mostly noise
@@ -422,14 +422,14 @@ def test_bootstrap_errors():
     with pytest.raises(UnknownNameError, match="subjects"):
         rsa.bootstrap_rdm_comparison(data[:1], data, over="subject", progress=False)
     with pytest.raises(InvalidDataError, match="over='subjects'"):
-        rsa.bootstrap_rdm_comparison(data[:1], data, "corr_cov", progress=False)
+        rsa.bootstrap_rdm_comparison(data[:1], data, method="corr_cov", progress=False)
     with pytest.raises(ShapeMismatchError, match="2 subjects"):
         rsa.bootstrap_rdm_comparison(data[:1], data[:1], progress=False)
     with pytest.raises(InvalidDataError, match="n_bootstrap"):
         rsa.bootstrap_rdm_comparison(data[:1], data, n_bootstrap=0)
     with pytest.raises(InvalidDataError, match="ci"):
         rsa.bootstrap_rdm_comparison(data[:1], data, ci=1.5)
-    ds = rsa.bootstrap_rdm_comparison(data[:1], data, "corr_cov", over="subjects", n_bootstrap=20,
+    ds = rsa.bootstrap_rdm_comparison(data[:1], data, method="corr_cov", over="subjects", n_bootstrap=20,
                                       progress=False)
     assert np.isfinite(ds.observed).all()
 
@@ -454,7 +454,7 @@ def test_92images_brain_rdms_and_noise_ceiling_vs_rsatoolbox():
                            struct_as_record=False)["RDMs"]
     np.testing.assert_array_equal(brain.values[3], raw[1, 1].RDM)
     for method in ("spearman", "pearson"):
-        nc = rsa.noise_ceiling(brain, method)
+        nc = rsa.noise_ceiling(brain, method=method)
         ref = boot_noise_ceiling(rsa_rdm.RDMs(brain.values), RSA_METHOD[method])
         np.testing.assert_allclose(nc.values, ref, atol=1e-12)
     per_subject = brain.groupby("subject").mean()

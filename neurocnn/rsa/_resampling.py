@@ -32,11 +32,11 @@ class _Samples:
         return ok
 
 
-def _draw(rng: np.random.Generator, n_boot: int, n: int, k: int, over: str) -> _Samples:
+def _draw(rng: np.random.Generator, n_bootstrap: int, n: int, k: int, over: str) -> _Samples:
     def counts(size: int) -> np.ndarray:
-        idx = rng.integers(0, size, size=(n_boot, size))
-        out = np.zeros((n_boot, size), np.int64)
-        np.add.at(out, (np.arange(n_boot)[:, None], idx), 1)
+        idx = rng.integers(0, size, size=(n_bootstrap, size))
+        out = np.zeros((n_bootstrap, size), np.int64)
+        np.add.at(out, (np.arange(n_bootstrap)[:, None], idx), 1)
         return out
 
     stim = counts(n) if over in ("stimuli", "both") else None

@@ -23,6 +23,7 @@ def _result_dims(a: _Stack, b: _Stack) -> tuple[str, str]:
 def compare_rdms(
     a: Any,
     b: Any,
+    *,
     method: CompareMethod = "spearman",
 ) -> xr.DataArray:
     """Compare RDMs many-vs-many, numerically as ``rsatoolbox.rdm.compare``.
@@ -60,7 +61,7 @@ def compare_rdms(
     Examples
     --------
     >>> x = np.random.default_rng(0).random(10)
-    >>> round(float(compare_rdms(x, x, "spearman")), 6)
+    >>> round(float(compare_rdms(x, x, method="spearman")), 6)
     1.0
     """
     check_option("method", method, COMPARE_METHODS)

@@ -34,7 +34,7 @@ from ._stack import _align, _as_stack
 
 
 # ------------------------------------------------------------ noise ceiling, bootstrap
-def noise_ceiling(brain_rdms: Any, method: CompareMethod = "spearman") -> xr.DataArray:
+def noise_ceiling(brain_rdms: Any, *, method: CompareMethod = "spearman") -> xr.DataArray:
     """Lower and upper noise ceiling of a set of subject RDMs (Nili et al. 2014).
 
     Lower bound: mean over subjects of the comparison of each subject's RDM with the
@@ -85,6 +85,7 @@ def noise_ceiling(brain_rdms: Any, method: CompareMethod = "spearman") -> xr.Dat
 def bootstrap_rdm_comparison(
     model_rdms: Any,
     brain_rdms: Any,
+    *,
     method: CompareMethod = "spearman",
     n_bootstrap: int = 1000,
     over: Literal["stimuli", "subjects", "both"] = "stimuli",
@@ -132,9 +133,9 @@ def bootstrap_rdm_comparison(
     -------
     xr.Dataset
         ``observed`` (layer): comparison on the full data; ``evaluation`` (layer,
-        sample): bootstrap distribution; ``mean``, ``sd``, ``ci_lower``, ``ci_upper``
+        sample): bootstrap distribution; ``mean``, ``sd``, ``ci_low``, ``ci_high``
         (layer); ``noise_ceiling`` (bound) observed and ``noise_ceiling_samples``
-        (bound, sample) with ``noise_ceiling_mean``/``_sd``/``_ci_lower``/``_ci_upper``;
+        (bound, sample) with ``noise_ceiling_mean``/``_sd``/``_ci_low``/``_ci_high``;
         ``p_layer_vs_layer`` (layer, layer2): two-sided bootstrap p-value of equal
         performance; ``p_layer_vs_lower_ceiling`` (layer): one-sided p-value of H0
         "the layer reaches the lower noise ceiling", i.e. small values mean the layer is
@@ -231,14 +232,14 @@ def _bootstrap_dataset(sm, observed, evals, nc0, nc, ci, attrs) -> xr.Dataset:
             "evaluation": (("layer", "sample"), evals),
             "mean": ("layer", np.nanmean(evals, 1)),
             "sd": ("layer", np.nanstd(evals, 1, ddof=1)),
-            "ci_lower": ("layer", lo),
-            "ci_upper": ("layer", hi),
+            "ci_low": ("layer", lo),
+            "ci_high": ("layer", hi),
             "noise_ceiling": ("bound", nc0),
             "noise_ceiling_samples": (("bound", "sample"), nc),
             "noise_ceiling_mean": ("bound", np.nanmean(nc, 1)),
             "noise_ceiling_sd": ("bound", np.nanstd(nc, 1, ddof=1)),
-            "noise_ceiling_ci_lower": ("bound", nlo),
-            "noise_ceiling_ci_upper": ("bound", nhi),
+            "noise_ceiling_ci_low": ("bound", nlo),
+            "noise_ceiling_ci_high": ("bound", nhi),
             "p_layer_vs_layer": (("layer", "layer2"), p_pair),
             "p_layer_vs_lower_ceiling": ("layer", p_ceiling),
         },

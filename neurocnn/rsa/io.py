@@ -116,8 +116,8 @@ def load_rdms(
 
 def load_meg_rdms(
     path: str | pathlib.Path,
-    times: Sequence[float] | np.ndarray | None = None,
     *,
+    times: Sequence[float] | np.ndarray | None = None,
     variable: str | None = None,
     stimulus_ids: Sequence[str] | None = None,
 ) -> xr.DataArray:

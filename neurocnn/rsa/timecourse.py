@@ -32,11 +32,11 @@ from ._stack import _align, _as_stack, _meg_stack
 def meg_layer_time_correlation(
     layer_rdms: Any,
     meg_rdms: Any,
+    *,
     method: CompareMethod = "spearman",
     n_bootstrap: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
-    *,
     times: Sequence[float] | np.ndarray | None = None,
     over: Literal["stimuli", "subjects", "both"] | None = None,
     progress: bool = True,
@@ -70,8 +70,8 @@ def meg_layer_time_correlation(
     -------
     xr.Dataset
         ``correlation`` (layer, time): mean over subjects of the comparison;
-        ``ci_lower``/``ci_upper`` (layer, time); ``peak_latency`` (layer) with
-        ``peak_latency_ci_lower``/``_ci_upper`` and ``peak_latency_samples`` (layer,
+        ``ci_low``/``ci_high`` (layer, time); ``peak_latency`` (layer) with
+        ``peak_latency_ci_low``/``_ci_high`` and ``peak_latency_samples`` (layer,
         sample); attrs method, over, seed, n_bootstrap, ci.
 
     Raises
@@ -116,11 +116,11 @@ def meg_layer_time_correlation(
     return xr.Dataset(
         {
             "correlation": (("layer", "time"), observed),
-            "ci_lower": (("layer", "time"), lo),
-            "ci_upper": (("layer", "time"), hi),
+            "ci_low": (("layer", "time"), lo),
+            "ci_high": (("layer", "time"), hi),
             "peak_latency": ("layer", t[np.argmax(observed, axis=1)].astype(np.float64)),
-            "peak_latency_ci_lower": ("layer", plo),
-            "peak_latency_ci_upper": ("layer", phi),
+            "peak_latency_ci_low": ("layer", plo),
+            "peak_latency_ci_high": ("layer", phi),
             "peak_latency_samples": (("layer", "sample"), peaks.T),
         },
         coords={"layer": layers, "time": t, "sample": np.arange(n_bootstrap)},
