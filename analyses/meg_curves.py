@@ -21,7 +21,7 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import make_parser, make_subject, output_dir  # noqa: E402
+from _common import figure, fmt_int, load_result, make_parser, make_subject, md_table, output_dir, write_headline  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
 from neurocnn import rsa  # noqa: E402
@@ -73,6 +73,21 @@ def plot_curves(result: xr.Dataset):
     return fig
 
 
+def headline(folder: Path) -> dict[str, str]:
+    """Peak latency of each layer's MEG correlation curve, with its bootstrap CI (ms)."""
+    ds = load_result(folder, "meg_curves.nc")
+    rows = [[str(layer), fmt_int(round(1000 * float(ds.peak_latency.sel(layer=layer)))),
+             f"[{fmt_int(round(1000 * float(ds.peak_latency_ci_low.sel(layer=layer))))}, "
+             f"{fmt_int(round(1000 * float(ds.peak_latency_ci_high.sel(layer=layer))))}]"]
+            for layer in ds.layer.values]
+    return {
+        "meg_source": str(ds.attrs["meg_source"]),
+        "meg_n_layers": fmt_int(ds.sizes["layer"]),
+        "meg_table": md_table(["layer", "peak latency (ms)", "bootstrap CI (ms)"], rows),
+        "fig_meg": figure(folder, "meg_curves.png"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
@@ -112,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         r = result.sel(layer=layer)
         print(f"{layer:>8}: peak {1000 * float(r.peak_latency):4.0f} ms "
               f"[{1000 * float(r.peak_latency_ci_low):.0f}, {1000 * float(r.peak_latency_ci_high):.0f}]")
+    write_headline(out, headline)
     return 0
 
 

@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
-from _common import make_parser, make_subject, output_dir  # noqa: E402
+from _common import figure, fmt, fmt_int, load_result, make_parser, make_subject, md_table, output_dir, peak, write_headline  # noqa: E402
 from neurocnn import rsa, searchlight  # noqa: E402
 
 #: planted sphere centres (MNI mm) from posterior (early layers) to anterior (late layers)
@@ -42,6 +42,27 @@ def pick_layers(default_layers: list[str], n: int) -> list[str]:
     """``n`` layers spread by relative depth over the model's default analysis layers."""
     pos = np.linspace(0.15, 0.85, n) if n > 1 else np.array([0.5])
     return list(dict.fromkeys(default_layers[int(round(p * (len(default_layers) - 1)))] for p in pos))
+
+
+def headline(folder: Path) -> dict[str, str]:
+    """The values the manuscript prints about this analysis, read back from its results."""
+    ds = load_result(folder, "searchlight.nc")
+    rows = []
+    for name in ds["layer"].values:
+        c = ds["correlation"].sel(layer=name)
+        rho, (x, y, z) = peak(c)
+        rows.append([str(name), fmt(rho), f"({x:.0f}, {y:.0f}, {z:.0f})", fmt(np.nanmean(c.values))])
+    return {
+        "sl_data": str(ds.attrs["data"]),
+        "sl_model": str(ds.attrs.get("model", ds.attrs.get("model_model", ""))),
+        "sl_n_centres": fmt_int(ds.attrs["n_centres"]),
+        "sl_radius": fmt(ds.attrs["radius_mm"], 1),
+        "sl_n_stimuli": fmt_int(ds.attrs["n_stimuli"]),
+        "sl_method": str(ds.attrs["method"]),
+        "sl_n_layers": fmt_int(ds.sizes["layer"]),
+        "sl_table": md_table(["layer", "peak ρ", "peak (MNI mm)", "mean ρ over mask"], rows),
+        "fig_sl": figure(folder, "searchlight_overview.png"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     nc.plotting.save_figure(fig, out / "searchlight_overview.png", overwrite=args.overwrite)
     plt.close(fig)
     print(f"wrote {out}")
+    write_headline(out, headline)
     return 0
 
 
