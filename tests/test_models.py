@@ -132,7 +132,8 @@ REAL_NETWORKS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2
     ("variant", "size", "sha"),
     [
         ("lite1", 240, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
-        ("lite2", 260, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+        pytest.param("lite2", 260, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                     marks=pytest.mark.slow),
     ],
 )
 def test_efficientnet_lite1_lite2_match_reference_implementation(variant, size, sha):
@@ -180,6 +181,7 @@ def test_mobilenet_v2_has_torchvision_layer_names_and_relu():
     assert torch.nn.ReLU in kinds and torch.nn.ReLU6 not in kinds and torch.nn.BatchNorm2d not in kinds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_NETWORKS)
 def test_real_networks_recognize_chelsea_and_coffee(name):
     skdata = pytest.importorskip("skimage.data")
