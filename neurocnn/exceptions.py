@@ -18,6 +18,7 @@ __all__ = [
     "OverwriteError",
     "NoSelectiveUnitsError",
     "AnalysisFailedError",
+    "RegistrationError",
 ]
 
 
@@ -59,3 +60,7 @@ class NoSelectiveUnitsError(NeurocnnError, ValueError):
 
 class AnalysisFailedError(NeurocnnError, RuntimeError):
     """An analysis script (``analyses/*.py``) failed or left no result the paper needs."""
+
+
+class RegistrationError(NeurocnnError, ValueError):
+    """A model cannot be registered: its name is taken or invalid, or its spec is malformed."""

@@ -123,3 +123,76 @@ def test_imagenet_categories():
     cats = models.imagenet_categories()
     assert len(cats) == 1000 and cats[285] == "Egyptian cat"
     assert np.unique(cats).size >= 998
+
+
+REAL_NETWORKS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2"]
+
+
+@pytest.mark.parametrize(
+    ("variant", "size", "sha"),
+    [
+        ("lite1", 240, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+        pytest.param("lite2", 260, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                     marks=pytest.mark.slow),
+    ],
+)
+def test_efficientnet_lite1_lite2_match_reference_implementation(variant, size, sha):
+    reference = pytest.importorskip("efficientnet_lite_pytorch")
+    spec = models.get_spec(f"efficientnet_{variant}")
+    model, found = models.load_model(spec)
+    assert found == sha
+    assert spec.preprocessing.resize == (size, size) and spec.preprocessing.crop is None
+    ref = reference.EfficientNet.from_name(f"efficientnet-{variant}")
+    assert ref.input_image_size == size
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    ref.load_state_dict(model.state_dict())
+    ref.eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-5)
+
+
+def test_efficientnet_stage_widths_follow_the_scaling_rules():
+    from neurocnn._efficientnet import stages
+
+    # Lite2: width 1.1 (rounded to multiples of 8), depth 1.2 (ceil), first/last stage depth fixed
+    assert [s[-1] for s in stages("lite2")] == [16, 24, 48, 88, 120, 208, 352]
+    assert [s[0] for s in stages("lite2")] == [1, 3, 3, 4, 4, 5, 1]
+    assert stages("lite0")[0][4] == stages("lite2")[0][4] == 32  # stem not scaled
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2"])
+def test_new_networks_aliases_resolve(name):
+    spec = models.get_spec(name)
+    model, _ = models.load_model(spec, weights=None)
+    mods = dict(model.named_modules())
+    assert all(target in mods for target in spec.aliases.values())
+    assert all(layer in spec.aliases for layer in spec.default_layers)
+    assert len(spec.categories) == 1000
+
+
+def test_mobilenet_v2_has_torchvision_layer_names_and_relu():
+    spec = models.get_spec("mobilenet_v2")
+    model, _ = models.load_model(spec, weights=None)
+    reference = dict(__import__("torchvision").models.mobilenet_v2(weights=None).named_modules())
+    assert all(spec.aliases[a] in reference for a in spec.default_layers)
+    assert spec.aliases["stage4"] == "features.10" and spec.aliases["head"] == "features.18"
+    kinds = {type(m) for m in model.modules()}
+    assert torch.nn.ReLU in kinds and torch.nn.ReLU6 not in kinds and torch.nn.BatchNorm2d not in kinds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL_NETWORKS)
+def test_real_networks_recognize_chelsea_and_coffee(name):
+    skdata = pytest.importorskip("skimage.data")
+    spec = models.get_spec(name)
+    model, _ = models.load_model(spec)
+    images = torch.stack([
+        spec.preprocessing(torch.from_numpy(getattr(skdata, n)()).permute(2, 0, 1).float() / 255)
+        for n in ("chelsea", "coffee")
+    ])
+    with torch.no_grad():
+        top3 = model(images).topk(3).indices
+    cat, coffee = ([spec.categories[i] for i in row] for row in top3.tolist())
+    assert cat[0] == "Egyptian cat" and {"tabby", "tiger cat"} <= set(cat)
+    assert coffee[0] == "espresso"
