@@ -33,7 +33,7 @@ _EXPORTS = {
 }
 _SUBMODULES = (
     "attribution", "cli", "datasets", "exceptions", "io", "lesions", "models", "plotting",
-    "rdm", "receptive_fields", "searchlight", "stimuli", "subject", "tasks", "visualization",
+    "encoding", "rdm", "receptive_fields", "searchlight", "stimuli", "subject", "tasks", "visualization",
 )
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
