@@ -19,9 +19,10 @@ from .cka import cka, cka_matrix
 from .fit import DEFAULT_ALPHAS, encoding_splits, fit_encoding
 from .maps import plot_encoding_map, plot_layer_roi, responses_from_nifti, to_nifti
 from .scores import permutation_null, pooled_scores, roi_summary, split_half_reliability
+from .simulate import expected_ridge_r2, plant_responses
 
 __all__ = [
     "fit_encoding", "encoding_splits", "DEFAULT_ALPHAS", "roi_summary", "split_half_reliability",
     "permutation_null", "pooled_scores", "responses_from_nifti", "to_nifti", "plot_encoding_map",
-    "plot_layer_roi", "cka", "cka_matrix",
+    "plot_layer_roi", "cka", "cka_matrix", "plant_responses", "expected_ridge_r2",
 ]

@@ -385,8 +385,10 @@ def fit_encoding(
 
         split, residual, weights = _cross_validate_banded(
             kernels, Y, splits, alphas, reduce, n_components, backend, n_iter, seed, block_bytes, progress)
-        r2_split = np.asarray(r2_score_split(residual, split))
-        result["banded_r2"] = ((resp.target_dim,), r2_split.sum(axis=0))
+        full = split.sum(axis=0) + (Y - residual)
+        _, banded_r2 = pooled_scores(Y, full)
+        r2_split = np.asarray(r2_score_split(residual - residual.mean(axis=0), split - split.mean(axis=1, keepdims=True)))
+        result["banded_r2"] = ((resp.target_dim,), banded_r2)
         result["banded_r2_split"] = (("layer", resp.target_dim), r2_split)
         result["banded_weight"] = (("layer", resp.target_dim), weights.mean(axis=1))
         result["banded_best_layer"] = ((resp.target_dim,), result.layer.values[np.argmax(r2_split, axis=0)])
