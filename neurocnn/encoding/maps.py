@@ -17,7 +17,7 @@ __all__ = ["responses_from_nifti", "to_nifti", "plot_encoding_map", "plot_layer_
 def _masker(mask: Any):
     from nilearn.maskers import NiftiMasker
 
-    return NiftiMasker(mask_img=mask).fit()
+    return NiftiMasker(mask_img=mask, standardize=None).fit()
 
 
 def responses_from_nifti(img: Any, mask: Any, *, stimulus_ids: Sequence[str], runs: Sequence | None = None,
@@ -120,21 +120,27 @@ def to_nifti(result: xr.Dataset, mask: Any, *, var: str = "r2", layer: str | Non
     n_mask = int(np.asarray(masker.mask_img_.get_fdata()).astype(bool).sum())
     if n_mask != values.size:
         raise ShapeMismatchError(f"mask has {n_mask} voxels but the result has {values.size} targets; use the fitting mask.")
-    return masker.inverse_transform(values.astype(np.float64)[None, :])
+    from nilearn.image import index_img
+
+    img = masker.inverse_transform(values.astype(np.float64)[None, :])
+    return index_img(img, 0) if len(img.shape) == 4 else img
 
 
 def plot_encoding_map(result: xr.Dataset, mask: Any, *, var: str = "r2", layer: str | None = None,
                       threshold: float | None = None, bg_img: Any = None, title: str | None = None, **kwargs: Any):
-    """Plot a per-voxel encoding map with nilearn's ``plot_stat_map``; returns the matplotlib figure."""
+    """Plot a per-voxel encoding map with nilearn's ``plot_stat_map``; returns the matplotlib figure.
+
+    ``bg_img`` is the anatomical background (default none, e.g. pass nilearn's
+    ``load_mni152_template()`` for MNI-space data); other keywords go to ``plot_stat_map``.
+    """
     import matplotlib.pyplot as plt
     from nilearn import plotting
 
     img = to_nifti(result, mask, var=var, layer=layer)
     fig = plt.figure(figsize=(9, 3))
     kwargs.setdefault("display_mode", "ortho")
-    args = {"bg_img": bg_img} if bg_img is not None else {"bg_img": False}
     plotting.plot_stat_map(img, figure=fig, threshold=threshold, title=title or f"{var} {layer or ''}".strip(),
-                           **args, **kwargs)
+                           bg_img=bg_img, **kwargs)
     return fig
 
 
