@@ -351,3 +351,35 @@ def test_planted_layer_of_pretrained_lite0_wins_at_theoretical_r2(lite0):
     null = encoding.fit_encoding(acts, shuffled, seed=0, n_permutations=99, progress=False)
     assert abs(float(null.r2.mean())) < 0.06
     assert float((null.p_fwe < 0.05).mean()) < 0.1
+
+
+def test_cli_encode_refuses_nifti_without_mask(tmp_path, capsys):
+    from neurocnn.cli import main
+
+    code = main(["encode", "--stimuli", "92images", "--responses", str(tmp_path / "betas.nii.gz"), "--out", str(tmp_path / "e")])
+    assert code == 2 and "--mask" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_encode(tmp_path, capsys):
+    from PIL import Image
+
+    from neurocnn.cli import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "stimuli"
+    folder.mkdir()
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    ids = [f"img{i:02d}" for i in range(20)][::-1]  # another order: realigned by id
+    resp = xr.DataArray(rng.standard_normal((20, 2, 4)), dims=("stimulus", "repeat", "voxel"),
+                        coords={"stimulus": ids, "roi": ("voxel", ["a", "a", "b", "b"])}, name="betas")
+    resp.to_netcdf(tmp_path / "resp.nc")
+    args = ["encode", "--stimuli", str(folder), "--responses", str(tmp_path / "resp.nc"), "--layers", "stem",
+            "stage1", "--rois", "roi", "--out", str(tmp_path / "enc"), "--no-progress"]
+    assert main(args) == 0
+    result = xr.open_dataset(tmp_path / "enc.nc")
+    assert list(result.layer.values) == ["stem", "stage1"] and result.sizes["voxel"] == 4
+    assert (tmp_path / "enc.png").stat().st_size > 0
+    assert "r2_normalized" in capsys.readouterr().out
+    assert main(args) == 2  # outputs exist and --overwrite was not given

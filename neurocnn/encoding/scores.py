@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -9,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from .._validation import check_option, check_positive_int
-from ..exceptions import InvalidDataError, ShapeMismatchError
+from ..exceptions import ShapeMismatchError
 
 __all__ = ["split_half_reliability", "pooled_scores", "fold_scores", "permutation_null", "roi_summary"]
 
@@ -185,7 +186,9 @@ def roi_summary(result: xr.Dataset, rois: Any, *, var: str | None = None,
     reducer = {"mean": np.nanmean, "median": np.nanmedian}[check_option("statistic", statistic, ("mean", "median"))]
     masks = _roi_masks(result, rois, dim)
     values = np.asarray(result[var].values)
-    table = np.stack([reducer(values[:, mask], axis=1) for mask in masks.values()], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an ROI whose targets all lack a ceiling stays NaN
+        table = np.stack([reducer(values[:, mask], axis=1) for mask in masks.values()], axis=1)
     return xr.DataArray(
         table, dims=("layer", "roi"),
         coords={"layer": result.layer.values, "roi": list(masks), "n_targets": ("roi", [int(m.sum()) for m in masks.values()])},
