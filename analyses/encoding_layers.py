@@ -28,10 +28,10 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common  # noqa: E402
+import _common
 
-import neurocnn as nc  # noqa: E402
-from neurocnn import encoding  # noqa: E402
+import neurocnn as nc
+from neurocnn import encoding
 
 NAME = "encoding_layers"
 SETTINGS = {

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_neurocnn(X, Y, 0)
     ours = best_of(lambda: run_neurocnn(X, Y, 0), size["repeats"])
     ours_mem = peak_mib(lambda: run_neurocnn(X, Y, 0))
-    r_h, r2_h = run_himalaya(X, Y, splits)
+    _, r2_h = run_himalaya(X, Y, splits)
     ref = best_of(lambda: run_himalaya(X, Y, splits), size["repeats"])
     ref_mem = peak_mib(lambda: run_himalaya(X, Y, splits))
     diff = np.abs(result.r2.values[0] - r2_h).max()
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_row("vs himalaya KernelRidgeCV per fold", ours, ref, ours_mem, ref_mem,
                f"overhead {overhead:+.0f}% (goal <= +20%), max |R2 diff| {diff:.1e}"))
     if not args.no_sklearn:
-        r_s, r2_s = run_sklearn(X, Y, splits)
+        _, r2_s = run_sklearn(X, Y, splits)
         ref = best_of(lambda: run_sklearn(X, Y, splits), size["ref_repeats"])
         ref_mem = peak_mib(lambda: run_sklearn(X, Y, splits))
         diff = np.abs(result.r2.values[0] - r2_s)
@@ -195,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CKA: {size['layers']} layers x {n} stimuli x {size['layer_p']} features, layer x layer")
     for debiased in (False, True):
         ours_cka = encoding.cka_matrix(layers, debiased=debiased, progress=False).values
-        ours = best_of(lambda: encoding.cka_matrix(layers, debiased=debiased, progress=False), size["repeats"])
-        ours_mem = peak_mib(lambda: encoding.cka_matrix(layers, debiased=debiased, progress=False))
-        ref = best_of(lambda: run_numpy_cka(layers, debiased), size["ref_repeats"])
-        ref_mem = peak_mib(lambda: run_numpy_cka(layers, debiased))
+        def ours_fn(d=debiased):
+            return encoding.cka_matrix(layers, debiased=d, progress=False)
+
+        def ref_fn(d=debiased):
+            return run_numpy_cka(layers, d)
+
+        ours, ours_mem = best_of(ours_fn, size["repeats"]), peak_mib(ours_fn)
+        ref, ref_mem = best_of(ref_fn, size["ref_repeats"]), peak_mib(ref_fn)
         diff = np.abs(ours_cka - run_numpy_cka(layers, debiased)).max()
         print(_row(f"cka_matrix linear {'debiased' if debiased else 'biased'} vs numpy", ours, ref, ours_mem, ref_mem,
                    f"max |diff| {diff:.1e}"))

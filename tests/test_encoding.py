@@ -96,7 +96,7 @@ def test_sparse_random_projection_equals_sklearn_and_streams_dask():
 
 def test_lazy_features_in_small_blocks_equal_in_memory():
     da = pytest.importorskip("dask.array")
-    X, Y, feat, resp = _data(p=90)
+    X, _, feat, resp = _data(p=90)
     eager = encoding.fit_encoding(feat, resp, alphas=ALPHAS, progress=False)
     lazy = encoding.fit_encoding(feat.copy(data=da.from_array(X, chunks=(8, 90))), resp, alphas=ALPHAS,
                                  block_bytes=3000, progress=False)
@@ -149,7 +149,7 @@ def test_shuffled_responses_score_zero():
 
 
 def test_user_given_ceiling_and_roi_summary():
-    X, Y, feat, resp = _data(t=6)
+    _, _, feat, resp = _data(t=6)
     resp = resp.assign_coords(roi=("voxel", ["V1", "V1", "IT", "IT", "IT", "V4"]))
     ceiling = np.linspace(0.3, 0.8, 6)
     result = encoding.fit_encoding({"a": feat, "b": feat * 2.0}, resp, noise_ceiling=ceiling, progress=False)

@@ -22,7 +22,19 @@ from .scores import permutation_null, pooled_scores, roi_summary, split_half_rel
 from .simulate import expected_ridge_r2, plant_responses
 
 __all__ = [
-    "fit_encoding", "encoding_splits", "DEFAULT_ALPHAS", "roi_summary", "split_half_reliability",
-    "permutation_null", "pooled_scores", "responses_from_nifti", "to_nifti", "plot_encoding_map",
-    "plot_layer_roi", "cka", "cka_matrix", "plant_responses", "expected_ridge_r2",
+    "DEFAULT_ALPHAS",
+    "cka",
+    "cka_matrix",
+    "encoding_splits",
+    "expected_ridge_r2",
+    "fit_encoding",
+    "permutation_null",
+    "plant_responses",
+    "plot_encoding_map",
+    "plot_layer_roi",
+    "pooled_scores",
+    "responses_from_nifti",
+    "roi_summary",
+    "split_half_reliability",
+    "to_nifti",
 ]

@@ -16,9 +16,9 @@ from .._version import version
 from ..exceptions import InvalidDataError
 from . import _kernels
 from ._data import Responses, align, as_layers, as_responses
-from .scores import fold_scores, permutation_null, pooled_scores, split_half_reliability
+from .scores import permutation_null, pooled_scores, split_half_reliability
 
-__all__ = ["encoding_splits", "fit_encoding", "DEFAULT_ALPHAS"]
+__all__ = ["DEFAULT_ALPHAS", "encoding_splits", "fit_encoding"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def encoding_splits(
     index = np.arange(n_stimuli)
     if groups is None:
         outer = KFold(n_folds, shuffle=True, random_state=seed).split(index)
-        inner_of = lambda fold, train: list(KFold(n_inner_folds, shuffle=True, random_state=seed + 1 + fold).split(train))  # noqa: E731
+        inner_of = lambda fold, train: list(KFold(n_inner_folds, shuffle=True, random_state=seed + 1 + fold).split(train))
     else:
         groups = np.asarray(groups)
         n_groups = len(np.unique(groups))

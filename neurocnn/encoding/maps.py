@@ -11,7 +11,7 @@ import xarray as xr
 from .._validation import check_option
 from ..exceptions import ShapeMismatchError
 
-__all__ = ["responses_from_nifti", "to_nifti", "plot_encoding_map", "plot_layer_roi"]
+__all__ = ["plot_encoding_map", "plot_layer_roi", "responses_from_nifti", "to_nifti"]
 
 
 def _masker(mask: Any):

@@ -12,7 +12,7 @@ import xarray as xr
 from .._validation import check_option, check_positive_int
 from ..exceptions import ShapeMismatchError
 
-__all__ = ["split_half_reliability", "pooled_scores", "fold_scores", "permutation_null", "roi_summary"]
+__all__ = ["fold_scores", "permutation_null", "pooled_scores", "roi_summary", "split_half_reliability"]
 
 
 def _zscore(a: np.ndarray, axis: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from . import _kernels
 from ._data import as_layers
 from .fit import DEFAULT_ALPHAS, Split
 
-__all__ = ["plant_responses", "expected_ridge_r2"]
+__all__ = ["expected_ridge_r2", "plant_responses"]
 
 
 def plant_responses(activations: Any, *, n_targets: int = 50, n_components: int = 3, snr: float = 3.0,
