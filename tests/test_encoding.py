@@ -103,6 +103,23 @@ def test_lazy_features_in_small_blocks_equal_in_memory():
     np.testing.assert_allclose(lazy.r2.values, eager.r2.values, atol=1e-10)
 
 
+def test_big_lazy_layer_is_never_materialized():
+    import tracemalloc
+
+    da = pytest.importorskip("dask.array")
+    n, p = 100, 200_000  # float64 whole: 160 MB; blocks of 5 rows: 8 MB
+    X = da.random.RandomState(0).standard_normal((n, p), chunks=(5, p)).astype(np.float32)
+    Y = np.random.default_rng(0).standard_normal((n, 3))
+    tracemalloc.start()
+    try:
+        result = encoding.fit_encoding(X, Y, reduce="srp", n_components=64, block_bytes=2**23, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.attrs["reduce"] == "srp" and result.attrs["kernel_bytes"] == n * n * 8
+    assert peak < 0.3 * n * p * 8  # a few blocks, whatever the number of stimuli
+
+
 def test_torch_backend_equals_numpy():
     pytest.importorskip("torch")
     _, _, feat, resp = _data()
