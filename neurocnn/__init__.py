@@ -34,7 +34,7 @@ _EXPORTS = {
 }
 _SUBMODULES = (
     "attribution", "cli", "datasets", "exceptions", "io", "lesions", "models", "plotting",
-    "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks", "visualization",
+    "encoding", "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks", "visualization",
 )
 _DEPRECATED = ("rdm",)  # 0.1 name of rsa; importable, not exported
 

@@ -129,6 +129,62 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_responses(args: argparse.Namespace):
+    import numpy as np
+    import xarray as xr
+
+    from .encoding import responses_from_nifti
+    from .exceptions import ShapeMismatchError
+
+    path = Path(args.responses)
+    if path.name.endswith((".nii", ".nii.gz")):
+        if args.mask is None or args.stimulus_ids is None:
+            raise ShapeMismatchError("A NIfTI --responses needs --mask and --stimulus-ids (a text file, one id per volume).")
+        ids = [line.strip() for line in Path(args.stimulus_ids).read_text().splitlines() if line.strip()]
+        return responses_from_nifti(path, args.mask, stimulus_ids=ids)
+    data = xr.load_dataset(path)
+    names = [args.var] if args.var else list(data.data_vars)
+    if len(names) != 1 or names[0] not in data:
+        raise ShapeMismatchError(f"{path} holds variables {list(data.data_vars)}; choose one with --var.")
+    return data[names[0]].astype(np.float64)
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from . import io
+    from .encoding import fit_encoding, plot_layer_roi, roi_summary
+    from .plotting import save_figure
+    from .subject import VirtualSubject
+
+    out = Path(args.out)
+    for path in (out.with_suffix(".nc"), out.with_suffix(".png")):
+        io.check_writable(path, overwrite=args.overwrite)
+    responses = _load_responses(args)
+    subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
+    acts = subject.activations(args.stimuli, args.layers or None, store=args.store, progress=not args.no_progress)
+    result = fit_encoding(
+        acts, responses, n_folds=args.n_folds, n_inner_folds=args.n_inner_folds, reduce=args.reduce,
+        n_components=args.n_components, banded=args.banded, n_permutations=args.n_permutations,
+        device=None if args.device == "cpu" else args.device, seed=args.seed, progress=not args.no_progress,
+    )
+    io.save(result, out.with_suffix(".nc"), overwrite=args.overwrite)
+    dim = result.attrs["target_dim"]
+    everything = {f"all {dim}s": np.ones(result.sizes[dim], dtype=bool)}
+    table = roi_summary(result, args.rois) if args.rois else roi_summary(result, everything)
+    fig = plot_layer_roi(table)
+    save_figure(fig, out.with_suffix(".png"), overwrite=args.overwrite)
+    plt.close(fig)
+    var = table.attrs["variable"]
+    sys.stdout.write(f"{var} on held-out stimuli ({result.attrs['n_folds']}-fold), mean over {dim}s:\n")
+    best = result.best_layer.to_series().value_counts()
+    for layer in result.layer.values:
+        sys.stdout.write(f"  {layer:10s} {float(result[var].sel(layer=layer).mean()):7.3f}  best for {int(best.get(layer, 0))}\n")
+    sys.stdout.write(f"wrote {out.with_suffix('.nc')} and {out.with_suffix('.png')}\n")
+    return 0
+
+
 def _checkout() -> Path:
     """The source checkout that holds ``analyses/`` and ``paper/`` (from the working directory up, else beside the package)."""
     from .exceptions import MissingFileError
@@ -258,6 +314,25 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", type=int)
     p.add_argument("--out", type=Path, required=True, help="output .nc file")
 
+    p = sub.add_parser("encode", help="cross-validated ridge encoding models of layers for brain responses")
+    _add_subject_args(p)
+    p.add_argument("--stimuli", required=True, help="92images, floc, a folder or an image file")
+    p.add_argument("--responses", required=True, help="netCDF (stimulus x voxel/neuron/sensor [x repeat]) or 4D NIfTI")
+    p.add_argument("--var", help="variable of a netCDF --responses holding several")
+    p.add_argument("--mask", help="brain/ROI mask of a NIfTI --responses")
+    p.add_argument("--stimulus-ids", help="text file: the stimulus id of each NIfTI volume, one per line")
+    p.add_argument("--layers", nargs="*", help="layer names or aliases (default: the model's default layers)")
+    p.add_argument("--store", help="zarr directory to stream activations to (big layers)")
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--n-inner-folds", type=int, default=5)
+    p.add_argument("--reduce", choices=["none", "pca", "srp"], default="none")
+    p.add_argument("--n-components", type=int)
+    p.add_argument("--banded", action="store_true", help="also fit banded ridge across layers")
+    p.add_argument("--n-permutations", type=int, default=0)
+    p.add_argument("--rois", help="coordinate of the responses' targets holding ROI labels (layer x ROI table)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output path without extension (.nc and .png written)")
+
     p = sub.add_parser("analysis", help="run an analyses/ script of a source checkout (e.g. virtual_tms)")
     p.add_argument("name", help="script name without .py")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script (--out, --quick, ...)")
@@ -281,6 +356,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rf": _cmd_rf,
     "maximize": _cmd_maximize,
     "attribute": _cmd_attribute,
+    "encode": _cmd_encode,
     "analysis": _cmd_analysis,
     "paper": _cmd_paper,
 }
