@@ -17,7 +17,7 @@ Each method is timed ``--repeats`` times; the best wall and CPU (process) times 
 printed with the ratio to ``crop``. Run from the repo root on a quiet machine::
 
     python benchmarks/receptive_fields.py             # stride 8, 729 occluders, 5 repeats
-    python benchmarks/receptive_fields.py --quick     # stride 28, 2 repeats (a smoke test)
+    python benchmarks/receptive_fields.py --quick     # 24 px occluders at stride 24, 2 repeats (a smoke test)
 """
 
 from __future__ import annotations
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--quick", action="store_true", help="stride 28, 2 repeats (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="24 px occluders at stride 24, 2 repeats (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.stride, args.repeats = 28, 2
+        args.window, args.stride, args.repeats = 24, 24, 2
     torch.set_num_threads(args.threads)
     subject = nc.VirtualSubject()  # embedded EfficientNet-Lite0, real weights
     stim = nc.load_stimuli("92images").subset([0])
