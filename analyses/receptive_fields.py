@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _common.make_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="+", default=None, help="layers to map (default: every spatial default layer)")
     parser.add_argument("--units", type=int, default=None, help="channels per layer (default: 10; quick: 1)")
+    parser.add_argument("--device", default=None, help="torch device of the occlusion runs (default: the subject's)")
+    parser.add_argument("--batch-size", type=int, default=256, help="occluded images per forward pass")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     settings = dict(SETTINGS["quick" if args.quick else "full"])
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         result = empirical_rf(
             subject, layer, channels.tolist(), stim, top_k=settings["top_k"], window=settings["window"],
-            stride=settings["stride"], fill="random", seed=args.seed, progress=args.progress,
+            stride=settings["stride"], fill="random", seed=args.seed, batch_size=args.batch_size,
+            device=args.device, progress=args.progress,
         )
         seconds[layer] = time.perf_counter() - start
         result.attrs["channel_seed"] = args.seed
@@ -145,6 +148,7 @@ def _write_headline(path: Path, subject, settings: dict, summary, results: list,
         "n_images": settings["images"],
         "seconds_total": sum(seconds.values()),
         "torch_threads": torch.get_num_threads(),
+        "device": str(args.device or subject.device),
         "neurocnn_version": summary.attrs.get("neurocnn_version", ""),
         "layers": layers,
     }
