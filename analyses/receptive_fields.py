@@ -60,7 +60,8 @@ def _pick_layers(names: list[str], n: int | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _common.make_parser(NAME, __doc__.splitlines()[0])
-    parser.add_argument("--layers", nargs="+", default=None, help="layers to map (default: every spatial default layer)")
+    parser.add_argument("--layers", nargs="+", default=None,
+                        help="layers to map (default: every spatial default layer)")
     parser.add_argument("--units", type=int, default=None, help="channels per layer (default: 10; quick: 1)")
     parser.add_argument("--device", default=None, help="torch device of the occlusion runs (default: the subject's)")
     parser.add_argument("--batch-size", type=int, default=256, help="occluded images per forward pass")

@@ -58,7 +58,8 @@ def _randomize(net: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, nn.Conv2d):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / math.sqrt(module.weight[0].numel()))
+                scale = math.sqrt(module.weight[0].numel())
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / scale)
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=gen))
             elif isinstance(module, nn.BatchNorm2d):

@@ -334,7 +334,9 @@ def _crop_axis(axis: _Axis, unit: int, n: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _crop_box(geometry: _Geometry, unit: tuple[int, int], hw: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, int]]:
+def _crop_box(
+    geometry: _Geometry, unit: tuple[int, int], hw: tuple[int, int]
+) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     """The image crop ``(y0, y1, x0, x1)`` a unit is evaluated on, and the unit's position in it.
 
     Per axis, the crop covers the unit's theoretical RF clipped to the image, widened so
