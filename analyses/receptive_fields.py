@@ -14,6 +14,13 @@ tiles, one unit, one image, three layers). Writes ``theoretical_rf.nc``,
 ``discrepancy_<layer>.png`` and ``headline.json`` (sizes, occlusion modes and run time per
 layer) into ``--out``.
 
+Run time of the full protocol (EfficientNet-Lite0, 9 layers x 10 units x top-10; estimated
+from per-image forward times measured on a loaded machine, 1 thread): about 39 CPU-hours,
+almost all of it in stage5..head, whose theoretical RFs (339..851 px) cover the whole
+image, so their crops are the image and every occluder hits; stem..stage3 take about
+2 CPU-minutes on crops (about 1 hour on full images). Run it on a GPU (``--device cuda``)
+or restrict it (``--layers``, ``--units``).
+
 Usage: ``python analyses/receptive_fields.py --out out/receptive_fields [--quick] [--model M]``
 """
 
