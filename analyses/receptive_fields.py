@@ -1,20 +1,34 @@
 """Theoretical vs empirical receptive-field size per layer on the 92 images (Zhou et al. 2015).
 
-For each spatial default layer of the subject (AlexNet conv1..conv5 when its weights are
-available, else the embedded EfficientNet-Lite0's stem, stage1..stage7, head): a seeded
-random choice of channels, their top-K images among the 92, sliding-window occlusion
-(11 px, stride 3, random patches) -> discrepancy maps -> re-centred, averaged RFs ->
-RF size (side of the equal-area square above half the maximum) next to the theoretical
-size. Writes ``theoretical_rf.nc``, ``empirical_rf_<layer>.nc``, ``rf_sizes.nc``,
-``rf_sizes.png`` and ``rfs_<layer>.png`` into ``--out``.
+The full protocol of Zhou et al. (2015) is the default: for every spatial default layer
+of the subject (``--model``; AlexNet conv1..conv5 when its weights are available, else
+the embedded EfficientNet-Lite0's stem, stage1..stage7, head), 10 seeded random channels,
+each channel's top-10 images among the 92, sliding-window occlusion (11 px random
+patches at stride 3 on the 224 px image: 5184 occluded copies per image) ->
+discrepancy maps -> re-centred, averaged RFs -> RF size (side of the equal-area square
+above half the maximum) next to the theoretical size. Occluded images are evaluated
+on the exact crop covering each unit's theoretical RF (full images where no crop is
+exact, e.g. after a global pooling; recorded per layer). ``--quick`` is coarse (28 px
+tiles, one unit, one image, three layers). Writes ``theoretical_rf.nc``,
+``empirical_rf_<layer>.nc``, ``rf_sizes.nc``, ``rf_sizes.png``, ``rfs_<layer>.png``,
+``discrepancy_<layer>.png`` and ``headline.json`` (sizes, occlusion modes and run time per
+layer) into ``--out``.
 
-Usage: ``python analyses/receptive_fields.py --out out/receptive_fields [--quick]``
+Run time of the full protocol (EfficientNet-Lite0, 9 layers x 10 units x top-10; estimated
+from per-image forward times measured on a loaded machine, 1 thread): about 39 CPU-hours,
+almost all of it in stage5..head, whose theoretical RFs (339..851 px) cover the whole
+image, so their crops are the image and every occluder hits; stem..stage3 take about
+2 CPU-minutes on crops (about 1 hour on full images). Run it on a GPU (``--device cuda``)
+or restrict it (``--layers``, ``--units``).
+
+Usage: ``python analyses/receptive_fields.py --out out/receptive_fields [--quick] [--model M]``
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +53,7 @@ NAME = "receptive_fields"
 #: few units/images.
 SETTINGS = {
     "full": {"units": 10, "top_k": 10, "images": 92, "window": 11, "stride": 3, "layers": None},
-    "quick": {"units": 1, "top_k": 1, "images": 8, "window": 24, "stride": 24, "layers": 3},
+    "quick": {"units": 1, "top_k": 1, "images": 8, "window": 28, "stride": 28, "layers": 3},
 }
 
 
@@ -81,15 +95,24 @@ def headline(folder: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _common.make_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--layers", nargs="+", default=None,
+                        help="layers to map (default: every spatial default layer)")
+    parser.add_argument("--units", type=int, default=None, help="channels per layer (default: 10; quick: 1)")
+    parser.add_argument("--device", default=None, help="torch device of the occlusion runs (default: the subject's)")
+    parser.add_argument("--batch-size", type=int, default=256, help="occluded images per forward pass")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    settings = SETTINGS["quick" if args.quick else "full"]
+    settings = dict(SETTINGS["quick" if args.quick else "full"])
+    if args.units is not None:
+        settings["units"] = args.units
     out = _common.output_dir(args)
+    if not args.overwrite:
+        nc.io.check_writable(out / "headline.json")
     subject = _common.make_subject(args)
     stim = nc.load_stimuli("92images").subset(range(settings["images"]))
 
-    theory = theoretical_rf(subject)
-    layers = _pick_layers(list(theory["layer"].values), settings["layers"])
+    theory = theoretical_rf(subject, args.layers)
+    layers = _pick_layers(list(theory["layer"].values), None if args.layers else settings["layers"])
     theory = theory.sel(layer=layers)
     nc.save(theory, out / "theoretical_rf.nc", overwrite=args.overwrite)
 
@@ -97,14 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         n_channels = {name: out_.shape[1] for name, out_ in subject.forward_layers(probe, layers).items()}
     rng = np.random.default_rng(args.seed)
-    results = []
+    results, seconds = [], {}
     for layer in layers:
         channels = np.sort(rng.choice(n_channels[layer], size=min(settings["units"], n_channels[layer]), replace=False))
+        start = time.perf_counter()
         result = empirical_rf(
             subject, layer, channels.tolist(), stim, top_k=settings["top_k"], window=settings["window"],
-            stride=settings["stride"], fill="random", seed=args.seed, progress=args.progress,
+            stride=settings["stride"], fill="random", seed=args.seed, batch_size=args.batch_size,
+            device=args.device, progress=args.progress,
         )
+        seconds[layer] = time.perf_counter() - start
         result.attrs["channel_seed"] = args.seed
+        result.attrs["seconds"] = seconds[layer]
         results.append(result)
         nc.save(result, out / f"empirical_rf_{layer}.nc", overwrite=args.overwrite)
         nc.plotting.save_figure(plot_rfs(result), out / f"rfs_{layer}.png", overwrite=args.overwrite)
@@ -114,15 +141,36 @@ def main(argv: list[str] | None = None) -> int:
     nc.plotting.save_figure(plot_rf_sizes(summary), out / "rf_sizes.png", overwrite=args.overwrite)
     nc.plotting.save_figure(plot_discrepancy_maps(results[-1], 0), out / f"discrepancy_{layers[-1]}.png",
                             overwrite=args.overwrite)
-    for layer in layers:
+    log = logging.getLogger("neurocnn.analyses")
+    for layer, result in zip(layers, results):
         row = summary.sel(layer=layer)
-        logging.getLogger("neurocnn.analyses").info(
-            "%s: theoretical %.0f px, empirical %.1f +- %.1f px (%d units)", layer,
-            row["theoretical_size"].item(), row["empirical_mean"].item(), row["empirical_std"].item(),
-            row["n_units"].item(),
-        )
-    _common.write_headline(out, headline)
+        log.info("%s: theoretical %.0f px, empirical %.1f +- %.1f px (%d units); %s occlusion, %.1f s", layer,
+                 row["theoretical_size"].item(), row["empirical_mean"].item(), row["empirical_std"].item(),
+                 row["n_units"].item(), result.attrs["occlusion_mode"], seconds[layer])
+    run = _run_values(subject, settings, summary, results, seconds, args)
+    _common.write_headline(out, lambda folder: {**headline(folder), **run})
+    log.info("total occlusion time %.1f s for %d layers", sum(seconds.values()), len(layers))
     return 0
+
+
+def _run_values(subject, settings: dict, summary, results: list, seconds: dict, args) -> dict[str, str]:
+    """Headline values of this run beyond the manuscript's: protocol, occlusion mode and time per layer."""
+    rows = [[str(layer), _common.fmt(summary["theoretical_size"].sel(layer=layer).item(), 0),
+             _common.fmt(summary["empirical_mean"].sel(layer=layer).item(), 1), str(result.attrs["occlusion_mode"]),
+             _common.fmt(result.attrs["crop_area_fraction"], 3), _common.fmt(seconds[str(layer)], 1)]
+            for layer, result in zip(summary["layer"].values, results)]
+    return {
+        "rf_model": subject.name,
+        "rf_weights": subject.weights_id[:12],
+        "rf_mode": "quick" if args.quick else "full",
+        "rf_units_per_layer": _common.fmt_int(settings["units"]),
+        "rf_n_images": _common.fmt_int(settings["images"]),
+        "rf_seconds_total": _common.fmt(sum(seconds.values()), 1),
+        "rf_torch_threads": _common.fmt_int(torch.get_num_threads()),
+        "rf_device": str(args.device or subject.device),
+        "rf_timing_table": _common.md_table(
+            ["layer", "theoretical (px)", "empirical mean (px)", "occlusion", "crop area fraction", "seconds"], rows),
+    }
 
 
 if __name__ == "__main__":
