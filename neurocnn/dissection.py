@@ -344,9 +344,13 @@ def _label_groups(stim: StimulusSet, names: list[str], source: str, groups: str 
     return out
 
 
-def _annotate(resp: np.ndarray, matrix: np.ndarray, k: int) -> dict[str, np.ndarray]:
+def _annotate(resp: np.ndarray, matrix: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
     n, n_units = resp.shape
-    order = np.argsort(-resp, axis=0, kind="stable")[:k].T  # (unit, rank)
+    # ties (saturating units such as ReLU6) are broken at random, never by stimulus order
+    key = np.random.default_rng(seed).random(resp.shape)
+    order = np.lexsort((key, -resp), axis=0)[:k].T  # (unit, rank)
+    kth = resp[order[:, -1], np.arange(n_units)]
+    n_tied = np.where((resp >= kth).sum(0) > k, (resp == kth).sum(0), 0)
     counts = matrix[order].sum(1)  # (unit, label)
     base = matrix.sum(0)
     chance = base / n
@@ -359,7 +363,7 @@ def _annotate(resp: np.ndarray, matrix: np.ndarray, k: int) -> dict[str, np.ndar
     dead = np.ptp(resp, axis=0) == 0
     p_value = np.where(dead, 1.0, np.minimum(1.0, p_label * matrix.shape[1]))
     return {"order": order, "counts": counts, "chance": chance, "label": label, "count": count,
-            "p_value": p_value, "dead": dead}
+            "p_value": p_value, "dead": dead, "n_tied": n_tied}
 
 
 def annotate_units(
@@ -372,6 +376,7 @@ def annotate_units(
     k: int = 10,
     min_precision: float = 0.75,
     q: float = 0.05,
+    seed: int = 0,
     batch_size: int = 32,
     activations: xr.DataArray | Mapping[str, xr.DataArray] | None = None,
     store: str | None = None,
@@ -404,6 +409,9 @@ def annotate_units(
         A unit detects its label when its precision is at least this and ``p_fdr < q``.
     q : float
         FDR level.
+    seed : int
+        Seed of the random order among stimuli with equal responses (a saturating unit
+        ties many images at its maximum); ``n_tied`` says how many tie at the K-th place.
     batch_size, activations, store, device, progress
         As in :func:`unit_responses` (``activations`` or ``store`` stream a zarr store).
 
@@ -415,8 +423,8 @@ def annotate_units(
         ``label_type``, ``precision``, ``chance`` (the label's base rate, per unit and
         per label), ``p_value`` (hypergeometric P(X >= count) for the chosen label,
         Bonferroni over the labels), ``p_fdr`` (Benjamini-Hochberg over units),
-        ``detector``, ``top_stimulus``/``top_index``/``top_response`` (unit, rank).
-        Attrs: provenance, k, min_precision, q, fraction_detectors.
+        ``detector``, ``n_tied``, ``top_stimulus``/``top_index``/``top_response`` (unit,
+        rank). Attrs: provenance, k, min_precision, q, seed, fraction_detectors.
 
     Raises
     ------
@@ -442,7 +450,7 @@ def annotate_units(
     out = {}
     for layer in names:
         r = resp[layer]
-        res = _annotate(r.values, matrix, k)
+        res = _annotate(r.values, matrix, k, seed)
         dim = r.dims[1]
         n_units = r.sizes[dim]
         p_fdr = scipy.stats.false_discovery_control(res["p_value"], method="bh")
@@ -460,6 +468,7 @@ def annotate_units(
                 "p_value": (dim, res["p_value"]),
                 "p_fdr": (dim, p_fdr),
                 "detector": (dim, detector),
+                "n_tied": (dim, res["n_tied"]),
                 "top_index": ((dim, "rank"), res["order"]),
                 "top_stimulus": ((dim, "rank"), stim.ids[res["order"]]),
                 "top_response": ((dim, "rank"), np.take_along_axis(r.values.T, res["order"], 1)),
@@ -468,7 +477,7 @@ def annotate_units(
             attrs={
                 **{a: v for a, v in r.attrs.items()},
                 "method": "image-level annotation (Zhou et al. 2015)",
-                "labels": source, "k": int(k), "min_precision": float(min_precision), "q": float(q),
+                "labels": source, "k": int(k), "min_precision": float(min_precision), "q": float(q), "seed": int(seed),
                 "test": "hypergeometric P(X >= count), Bonferroni over labels; BH FDR over units",
                 "n_stimuli": len(stim), "n_detectors": int(detector.sum()),
                 "fraction_detectors": float(detector.mean()), "neurocnn_version": version(),
@@ -503,13 +512,19 @@ def _thresholds(subject, probe, layer, acts, *, quantile, method, batch_size, de
     return tracker.result(), tracker.bin_width(), np.concatenate(maxima).astype(np.float64)
 
 
-def _tally(subject, probe, layer, acts, threshold, *, size, batch_size, device, progress):
+def _inclusive(threshold: np.ndarray, maxima: np.ndarray) -> np.ndarray:
+    """Channels whose threshold is their maximum (values tie at the top, e.g. a saturated ReLU6)."""
+    return threshold >= maxima.max(0)
+
+
+def _tally(subject, probe, layer, acts, threshold, inclusive, *, size, batch_size, device, progress):
     """Pass 2: intersections (unit, concept), concept areas, unit areas per annotated category."""
     n_units, n_concepts, n_cats = threshold.size, probe.concepts.size, len(probe.categories)
     both = torch.zeros(n_units, n_concepts, dtype=torch.float64)
     label_area = torch.zeros(n_concepts, dtype=torch.float64)
     unit_area = torch.zeros(n_units, n_cats, dtype=torch.float64)
     t = torch.as_tensor(threshold, dtype=torch.float32)[:, None, None]
+    ge = torch.as_tensor(inclusive)[:, None, None]
     prep = subject.preprocessing
     for start, outputs, frames in _stream(subject, probe.stimuli, [layer], batch_size=batch_size, activations=acts,
                                           device=device, progress=progress, desc=f"{subject.name} {layer} IoU",
@@ -537,7 +552,8 @@ def _tally(subject, probe, layer, acts, threshold, *, size, batch_size, device, 
             chunk = max(1, _ELEMENT_BUDGET // (hw[0] * hw[1]))
             for u0 in range(0, n_units, chunk):
                 up = F.interpolate(maps[i:i + 1, u0:u0 + chunk], size=hw, mode="bilinear", align_corners=False)[0]
-                active = (up > t[u0:u0 + chunk]).reshape(up.shape[0], -1).float()
+                tu = t[u0:u0 + chunk]
+                active = torch.where(ge[u0:u0 + chunk], up >= tu, up > tu).reshape(up.shape[0], -1).float()
                 area = active.sum(1).double()
                 for c in cats:
                     unit_area[u0:u0 + chunk, c] += area
@@ -574,7 +590,10 @@ def dissect(
         A conv layer (name or alias).
     quantile : float
         Top fraction of each channel's activation-map values (over all positions and
-        probe images) above which the channel counts as active (0.005 in the paper).
+        probe images) above which the channel counts as active (0.005 in the paper):
+        a pixel is active when its upsampled value exceeds the threshold, or equals it
+        for channels whose threshold is their maximum (saturating units, e.g. ReLU6,
+        tie at the top; ``threshold_inclusive``).
     iou_threshold : float
         A channel detects its best concept when IoU exceeds this (0.04 in the paper).
     quantile_method : {"exact", "histogram"}
@@ -598,6 +617,7 @@ def dissect(
         ``label_name``, ``label_category``, ``label_iou``, ``detector``,
         ``iou_by_category`` (best IoU within each category), ``threshold``,
         ``threshold_error`` (bound of a histogram threshold; 0 when exact),
+        ``threshold_inclusive``,
         ``concept_area``, ``top_index``/``top_stimulus`` (channel, rank: the 8 images of
         largest map maximum). Attrs: provenance, quantile, iou_threshold, quantile_method,
         fraction_detectors.
@@ -623,8 +643,9 @@ def dissect(
     acts = _prepare_activations(subject, probe.stimuli, [layer], activations, store, batch_size, device, progress)
     threshold, error, maxima = _thresholds(subject, probe, layer, acts, quantile=quantile, method=quantile_method,
                                            batch_size=batch_size, device=device, progress=progress)
-    both, label_area, unit_area = _tally(subject, probe, layer, acts, threshold, size=size, batch_size=batch_size,
-                                         device=device, progress=progress)
+    inclusive = _inclusive(threshold, maxima)
+    both, label_area, unit_area = _tally(subject, probe, layer, acts, threshold, inclusive, size=size,
+                                         batch_size=batch_size, device=device, progress=progress)
     cat_of = np.array([probe.categories.index(c) for c in probe.concept_category], dtype=np.int64)
     union = unit_area[:, cat_of] + label_area[None] - both
     iou = torch.where(union > 0, both / union.clamp(min=1e-12), torch.zeros_like(both)).numpy()
@@ -647,6 +668,7 @@ def dissect(
             "iou_by_category": (("channel", "category"), by_cat),
             "threshold": ("channel", threshold),
             "threshold_error": ("channel", error),
+            "threshold_inclusive": ("channel", inclusive),
             "concept_area": ("concept", label_area.numpy()),
             "top_index": (("channel", "rank"), top),
             "top_stimulus": (("channel", "rank"), probe.stimuli.ids[top]),

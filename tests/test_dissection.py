@@ -310,3 +310,31 @@ def test_lite0_colour_detectors_early_category_detectors_late(lite0, stimuli92, 
     assert ann["head"].attrs["fraction_detectors"] > ann["stem"].attrs["fraction_detectors"]
     ann92 = dissection.annotate_units(lite0, stimuli92, "head", k=10, progress=False)
     assert ann92.attrs["n_detectors"] > 0
+
+
+def _saturating_net() -> nc.VirtualSubject:
+    """The colour net with weights x 100 and ReLU6: red cells saturate at exactly 6."""
+    net = _colour_net().model
+    with torch.no_grad():
+        net[0].weight.mul_(100)
+    return nc.VirtualSubject(nn.Sequential(net[0], nn.ReLU6()), preprocessing=IDENTITY, name="saturating")
+
+
+def test_saturated_threshold_is_inclusive():
+    res = dissection.dissect(_saturating_net(), _squares(), "1", quantile=0.05, progress=False)
+    # 4 values of 6 among 32: position 31 * 0.95 = 29.45 lies among the 6s -> T = 6 = the maximum.
+    # Upsampled profile 6 * [0, .25, .75, 1, 1, .75, .25, 0]: >= 6 at pixels 3..4 -> 4 px of 16 red.
+    assert res["threshold_inclusive"].values.tolist() == [True, True]
+    assert float(res["iou"].sel(channel=0, concept="red")) == pytest.approx(4 / 16)
+
+
+def test_annotation_ties_are_not_broken_by_stimulus_order():
+    images = np.full((12, 8, 8, 3), GREY, dtype=np.uint8)
+    images[:8, 2:6, 2:6] = RED  # 8 red images: channel 0 ties at 6 on all of them
+    labels = ["x"] * 4 + ["y"] * 4 + ["z"] * 4
+    stim = nc.load_stimuli(images, metadata={"label": labels})
+    res = dissection.annotate_units(_saturating_net(), stim, "1", k=4, progress=False)
+    assert int(res["n_tied"][0]) == 8
+    tops = {tuple(sorted(dissection.annotate_units(_saturating_net(), stim, "1", k=4, seed=s, progress=False)
+                         ["top_index"].values[0])) for s in range(4)}
+    assert len(tops) > 1 and all(max(t) < 8 for t in tops)
