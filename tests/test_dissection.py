@@ -338,3 +338,30 @@ def test_annotation_ties_are_not_broken_by_stimulus_order():
     tops = {tuple(sorted(dissection.annotate_units(_saturating_net(), stim, "1", k=4, seed=s, progress=False)
                          ["top_index"].values[0])) for s in range(4)}
     assert len(tops) > 1 and all(max(t) < 8 for t in tops)
+
+
+def test_cli_dissect_annotate_and_pixel(tmp_path, capsys):
+    from neurocnn.cli import main
+
+    for label, colour in (("red", RED), ("blue", BLUE)):
+        (tmp_path / "probe" / label).mkdir(parents=True)
+        for j in range(3):
+            img = np.full((64, 64, 3), GREY, dtype=np.uint8)
+            img[8 * j:8 * j + 30, 10:40] = colour
+            Image.fromarray(img).save(tmp_path / "probe" / label / f"{label}{j}.png")
+    from neurocnn.models import get_spec, load_model
+
+    weights = tmp_path / "squeeze.pth"
+    torch.save(load_model(get_spec("squeezenet1_1"), weights=None)[0].state_dict(), weights)
+    common = ["--model", "squeezenet1_1", "--weights", str(weights), "--layers", "pool1", "--no-progress",
+              "--stimuli", str(tmp_path / "probe")]
+    assert main(["dissect", *common, "--method", "annotate", "--k", "3", "--out", str(tmp_path / "a")]) == 0
+    ann = nc.load(tmp_path / "a" / "annotate_pool1.nc")
+    assert set(ann["label"].values.tolist()) == {"red", "blue"} and ann.attrs["k"] == 3
+    assert main(["dissect", *common, "--method", "pixel", "--size", "28", "--out", str(tmp_path / "p")]) == 0
+    pix = nc.load(tmp_path / "p" / "pixel_pool1.nc")
+    assert pix.sizes["concept"] == 11 and (tmp_path / "p" / "pixel_detectors.png").is_file()
+    assert "detectors" in capsys.readouterr().out
+    assert main(["dissect", *common, "--out", str(tmp_path / "a"), "--k", "3"]) == 2  # exists, no --overwrite
+    assert main(["dissect", *common[:4], "--layers", "pool11", "--out", str(tmp_path / "x")]) == 2
+    assert "Unknown layer 'pool11'" in capsys.readouterr().err
