@@ -523,6 +523,7 @@ def _tally(subject, probe, layer, acts, threshold, inclusive, *, size, batch_siz
     both = torch.zeros(n_units, n_concepts, dtype=torch.float64)
     label_area = torch.zeros(n_concepts, dtype=torch.float64)
     unit_area = torch.zeros(n_units, n_cats, dtype=torch.float64)
+    image_area = torch.zeros(len(probe), n_units, dtype=torch.float64)
     t = torch.as_tensor(threshold, dtype=torch.float32)[:, None, None]
     ge = torch.as_tensor(inclusive)[:, None, None]
     prep = subject.preprocessing
@@ -555,11 +556,12 @@ def _tally(subject, probe, layer, acts, threshold, inclusive, *, size, batch_siz
                 tu = t[u0:u0 + chunk]
                 active = torch.where(ge[u0:u0 + chunk], up >= tu, up > tu).reshape(up.shape[0], -1).float()
                 area = active.sum(1).double()
+                image_area[start + i, u0:u0 + chunk] = area
                 for c in cats:
                     unit_area[u0:u0 + chunk, c] += area
                 for ids, onehot in onehots:
                     both[u0:u0 + chunk].index_add_(1, ids, (active @ onehot).double())
-    return both, label_area, unit_area
+    return both, label_area, unit_area, image_area.numpy()
 
 
 def dissect(
@@ -619,7 +621,7 @@ def dissect(
         ``threshold_error`` (bound of a histogram threshold; 0 when exact),
         ``threshold_inclusive``,
         ``concept_area``, ``top_index``/``top_stimulus`` (channel, rank: the 8 images of
-        largest map maximum). Attrs: provenance, quantile, iou_threshold, quantile_method,
+        largest map maximum, ties broken by the larger active area). Attrs: provenance, quantile, iou_threshold, quantile_method,
         fraction_detectors.
 
     Raises
@@ -644,7 +646,7 @@ def dissect(
     threshold, error, maxima = _thresholds(subject, probe, layer, acts, quantile=quantile, method=quantile_method,
                                            batch_size=batch_size, device=device, progress=progress)
     inclusive = _inclusive(threshold, maxima)
-    both, label_area, unit_area = _tally(subject, probe, layer, acts, threshold, inclusive, size=size,
+    both, label_area, unit_area, image_area = _tally(subject, probe, layer, acts, threshold, inclusive, size=size,
                                          batch_size=batch_size, device=device, progress=progress)
     cat_of = np.array([probe.categories.index(c) for c in probe.concept_category], dtype=np.int64)
     union = unit_area[:, cat_of] + label_area[None] - both
@@ -657,7 +659,7 @@ def dissect(
     by_cat = np.stack([iou[:, cat_of == c].max(1) if (cat_of == c).any() else np.zeros(n_units)
                        for c in range(len(probe.categories))], 1) if probe.categories else np.zeros((n_units, 0))
     n_top = min(8, len(probe))
-    top = np.argsort(-maxima, axis=0, kind="stable")[:n_top].T
+    top = np.lexsort((-image_area, -maxima), axis=0)[:n_top].T  # ties at the maximum: larger active area first
     return xr.Dataset(
         {
             "iou": (("channel", "concept"), iou),
@@ -721,7 +723,7 @@ def detector_summary(results: Mapping[str, xr.Dataset] | Sequence[xr.Dataset]) -
     categories: list[str] = []
     for _, r in items:
         names = r["category"].values.tolist() if kind == "label_category" else r["type"].values.tolist()
-        categories += [c for c in names if c not in categories]
+        categories = list(dict.fromkeys([*categories, *names]))
     counts = np.zeros((len(items), len(categories)), dtype=np.int64)
     n_units, unique = [], []
     for i, (_, r) in enumerate(items):
@@ -806,8 +808,15 @@ def plot_unit_cards(subject: VirtualSubject, probe: Any, result: xr.Dataset, uni
             ax.imshow(frames[col].permute(1, 2, 0).clamp(0, 1).numpy())
             ax.set_xticks([])
             ax.set_yticks([])
-            if pixel and up[col].max() > float(result["threshold"][u]):
-                ax.contour(up[col] > float(result["threshold"][u]), levels=[0.5], colors="yellow", linewidths=1.0)
+            if pixel:
+                t = float(result["threshold"][u])
+                active = up[col] >= t if bool(result["threshold_inclusive"][u]) else up[col] > t
+                if active.any():  # padded, so a map active everywhere is outlined along the border
+                    h, w = active.shape
+                    ax.contour(np.arange(-1, w + 1), np.arange(-1, h + 1), np.pad(active, 1).astype(float),
+                               levels=[0.5], colors="yellow", linewidths=1.0)
+                    ax.set_xlim(-0.5, w - 0.5)
+                    ax.set_ylim(h - 0.5, -0.5)
         if pixel:
             title = f"{layer} unit {u}: {result['label_name'].values[u]} ({result['label_category'].values[u]}) IoU {float(result['label_iou'][u]):.2f}"
         else:
