@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
@@ -122,7 +123,8 @@ def color_names(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if x.ndim not in (3, 4) or x.shape[-3] != 3:
         raise ShapeMismatchError(f"color_names needs (3, H, W) or (N, 3, H, W) RGB images; got {tuple(x.shape)}.")
     lab = rgb_to_lab(x.movedim(-3, -1).clamp(0, 1))
-    dist = ((lab[..., None, :] - _PROTOTYPES_LAB) ** 2).sum(-1)
+    # squared distance up to the per-pixel constant |lab|^2: |p|^2 - 2 lab . p
+    dist = (_PROTOTYPES_LAB**2).sum(-1) - 2 * lab @ _PROTOTYPES_LAB.T
     return dist.argmin(-1)
 
 
@@ -222,13 +224,25 @@ class ConceptProbe:
     def __repr__(self) -> str:
         return f"<ConceptProbe {self.name!r}: {len(self)} stimuli, {self.concepts.size} concepts in {list(self.categories)}>"
 
-    def label_maps(self, index: int, image: torch.Tensor, frame: torch.Tensor,
-                   prep: Preprocessing) -> list[tuple[int, torch.Tensor]]:
+    def label_maps(self, index: int, image: torch.Tensor, frame: torch.Tensor, prep: Preprocessing,
+                   size: tuple[int, int] | None = None) -> list[tuple[int, torch.Tensor]]:
         """Return ``(category index, concept-index map)`` pairs of one stimulus in the input frame.
 
         ``image`` is the stimulus as loaded, ``frame`` the same image after the subject's
-        resize/crop (in [0, 1]); maps hold concept indices and -1 where unlabelled.
+        resize/crop (in [0, 1]); maps hold concept indices and -1 where unlabelled. With
+        ``size`` (H, W) every map is resampled there (nearest neighbour; colours are named
+        on the nearest-resampled pixels, the same pixels a resampled colour map would keep).
         """
+        if size is not None and tuple(size) != tuple(frame.shape[-2:]):
+            frame_at = F.interpolate(frame[None], size=tuple(size), mode="nearest")[0]
+
+            def resample(m: torch.Tensor) -> torch.Tensor:
+                return F.interpolate(m[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
+        else:
+            frame_at = frame
+
+            def resample(m: torch.Tensor) -> torch.Tensor:
+                return m
         hw = tuple(frame.shape[-2:])
         out: list[tuple[int, torch.Tensor]] = []
         cat_index = {c: i for i, c in enumerate(self.categories)}
@@ -239,7 +253,7 @@ class ConceptProbe:
                 concept = int(self._lookup[number]) if 0 <= number < self._lookup.numel() else -1
                 if concept < 0:
                     raise InvalidDataError(f"Stimulus {self.stimuli.ids[index]!r}: {category} label {number} is not in label.csv.")
-                out.append((cat_index[category], torch.full(hw, concept, dtype=torch.long)))
+                out.append((cat_index[category], torch.full(tuple(frame_at.shape[-2:]), concept, dtype=torch.long)))
                 continue
             raw = decode_segmentation(source)
             if expected is not None and tuple(raw.shape) != tuple(expected):
@@ -250,9 +264,9 @@ class ConceptProbe:
             numbers = torch.from_numpy(raw)
             numbers = torch.where(numbers < self._lookup.numel(), numbers, torch.zeros_like(numbers))
             concepts = torch.where(numbers > 0, self._lookup[numbers], torch.full_like(numbers, -1))
-            out.append((cat_index[category], _labels_to_frame(concepts, tuple(image.shape[-2:]), prep)))
+            out.append((cat_index[category], resample(_labels_to_frame(concepts, tuple(image.shape[-2:]), prep))))
         if self.pixel_colors:
-            out.append((cat_index["color"], self._color_index[color_names(frame)]))
+            out.append((cat_index["color"], self._color_index[color_names(frame_at)]))
         return out
 
 

@@ -202,13 +202,19 @@ def _stream(subject: VirtualSubject, stim: StimulusSet, layers: Sequence[str], *
         images = [stim.load(i) for i in range(start, stop)] if (frames or activations is None) else []
         geometric = [prep.geometric(im) for im in images]
         if activations is not None:
-            outputs = {layer: torch.as_tensor(np.asarray(activations[layer].isel(stimulus=slice(start, stop)).values,
-                                                         dtype=np.float32)) for layer in layers}
+            outputs = {layer: torch.as_tensor(_rows(activations[layer], start, stop)) for layer in layers}
         else:
             batch = prep.normalize(torch.stack(geometric)).to(run_device)
             with torch.inference_mode():
                 outputs = {k: v.float().cpu() for k, v in subject.forward_layers(batch, list(layers)).items()}
         yield start, outputs, list(zip(images, geometric)) if frames else []
+
+
+def _rows(acts: xr.DataArray | np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Stimuli ``start:stop`` of in-memory maps or of a (lazy, zarr-backed) DataArray."""
+    if isinstance(acts, np.ndarray):
+        return acts[start:stop]
+    return np.asarray(acts.isel(stimulus=slice(start, stop)).values, dtype=np.float32)
 
 
 def _prepare_activations(subject, stim, layers, activations, store, batch_size, device, progress):
@@ -492,11 +498,12 @@ def _probe_of(probe: Any) -> ConceptProbe:
     return probe if isinstance(probe, ConceptProbe) else concepts_from_stimuli(probe)
 
 
-def _thresholds(subject, probe, layer, acts, *, quantile, method, batch_size, device, progress):
-    """Pass 1: per-channel top-quantile threshold of the raw maps, and per-image maxima."""
+def _thresholds(subject, probe, layer, acts, *, quantile, method, cache_mb, batch_size, device, progress):
+    """Pass 1: per-channel top-quantile threshold of the raw maps, per-image maxima, and the maps
+    themselves when they come from forward passes and fit in ``cache_mb``."""
     stim = probe.stimuli
     tracker: TopQuantile | None = None
-    maxima = []
+    maxima, cache = [], []
     for _, outputs, _ in _stream(subject, stim, [layer], batch_size=batch_size, activations=acts, device=device,
                                  progress=progress, desc=f"{subject.name} {layer} thresholds"):
         out = outputs[layer]
@@ -507,9 +514,13 @@ def _thresholds(subject, probe, layer, acts, *, quantile, method, batch_size, de
             )
         if tracker is None:
             tracker = TopQuantile(out.shape[1], len(stim) * out.shape[2] * out.shape[3], quantile, method=method)
+            keep = acts is None and len(stim) * out[0].numel() * 4 <= cache_mb * 2**20
         tracker.update(out)
         maxima.append(out.flatten(2).amax(2).numpy())
-    return tracker.result(), tracker.bin_width(), np.concatenate(maxima).astype(np.float64)
+        if keep:
+            cache.append(out.numpy())
+    cached = {layer: np.concatenate(cache)} if keep else None
+    return tracker.result(), tracker.bin_width(), np.concatenate(maxima).astype(np.float64), cached
 
 
 def _inclusive(threshold: np.ndarray, maxima: np.ndarray) -> np.ndarray:
@@ -524,20 +535,20 @@ def _tally(subject, probe, layer, acts, threshold, inclusive, *, size, batch_siz
     label_area = torch.zeros(n_concepts, dtype=torch.float64)
     unit_area = torch.zeros(n_units, n_cats, dtype=torch.float64)
     image_area = torch.zeros(len(probe), n_units, dtype=torch.float64)
-    t = torch.as_tensor(threshold, dtype=torch.float32)[:, None, None]
-    ge = torch.as_tensor(inclusive)[:, None, None]
+    # float32 maps: x > t (float64)  <=>  x > the largest float32 <= t; and x >= t  <=>  x > the float32
+    # just below it. One comparison serves both rules.
+    t32 = threshold.astype(np.float32)
+    t32 = np.where(t32.astype(np.float64) > threshold, np.nextafter(t32, np.float32(-np.inf)), t32)
+    t32 = np.where(inclusive, np.nextafter(t32, np.float32(-np.inf)), t32)
+    t = torch.from_numpy(t32.astype(np.float32))[:, None, None]
     prep = subject.preprocessing
     for start, outputs, frames in _stream(subject, probe.stimuli, [layer], batch_size=batch_size, activations=acts,
                                           device=device, progress=progress, desc=f"{subject.name} {layer} IoU",
                                           frames=True):
         maps = outputs[layer]
         for i, (image, frame) in enumerate(frames):
-            label_maps = probe.label_maps(start + i, image, frame, prep)
-            hw = tuple(frame.shape[-2:])
-            if size is not None:
-                hw = tuple(size)
-                label_maps = [(c, F.interpolate(m[None, None].float(), size=hw, mode="nearest")[0, 0].long())
-                              for c, m in label_maps]
+            label_maps = probe.label_maps(start + i, image, frame, prep, size=size)
+            hw = tuple(size) if size is not None else tuple(frame.shape[-2:])
             for c, m in label_maps:
                 if tuple(m.shape) != hw:
                     raise ShapeMismatchError(f"A concept map of {probe.stimuli.ids[start + i]!r} is {tuple(m.shape)}, expected {hw}.")
@@ -553,8 +564,7 @@ def _tally(subject, probe, layer, acts, threshold, inclusive, *, size, batch_siz
             chunk = max(1, _ELEMENT_BUDGET // (hw[0] * hw[1]))
             for u0 in range(0, n_units, chunk):
                 up = F.interpolate(maps[i:i + 1, u0:u0 + chunk], size=hw, mode="bilinear", align_corners=False)[0]
-                tu = t[u0:u0 + chunk]
-                active = torch.where(ge[u0:u0 + chunk], up >= tu, up > tu).reshape(up.shape[0], -1).float()
+                active = (up > t[u0:u0 + chunk]).reshape(up.shape[0], -1).to(torch.float32)
                 area = active.sum(1).double()
                 image_area[start + i, u0:u0 + chunk] = area
                 for c in cats:
@@ -573,6 +583,7 @@ def dissect(
     iou_threshold: float = 0.04,
     quantile_method: QuantileMethod = "exact",
     size: tuple[int, int] | None = None,
+    cache_mb: float = 256.0,
     batch_size: int = 16,
     activations: xr.DataArray | None = None,
     store: str | None = None,
@@ -603,6 +614,10 @@ def dissect(
     size : (int, int), optional
         Frame (H, W) where IoU is computed; default the network-input frame (after the
         subject's resize/crop). Masks are resampled nearest-neighbour, maps bilinearly.
+    cache_mb : float
+        Without ``activations``/``store``, the layer's maps are kept in memory between
+        the two passes when they fit in this many MB (else the forward passes run twice,
+        so memory stays bounded by one batch); 0 never keeps them.
     batch_size : int
     activations : xarray.DataArray, optional
         The layer's activations for the probe stimuli (may be zarr-backed; read one
@@ -643,8 +658,10 @@ def dissect(
         size = tuple(check_positive_int("size", int(s)) for s in size)
     probe = _probe_of(probe)
     acts = _prepare_activations(subject, probe.stimuli, [layer], activations, store, batch_size, device, progress)
-    threshold, error, maxima = _thresholds(subject, probe, layer, acts, quantile=quantile, method=quantile_method,
-                                           batch_size=batch_size, device=device, progress=progress)
+    threshold, error, maxima, cached = _thresholds(subject, probe, layer, acts, quantile=quantile,
+                                                   method=quantile_method, cache_mb=cache_mb, batch_size=batch_size,
+                                                   device=device, progress=progress)
+    acts = cached if cached is not None else acts
     inclusive = _inclusive(threshold, maxima)
     both, label_area, unit_area, image_area = _tally(subject, probe, layer, acts, threshold, inclusive, size=size,
                                          batch_size=batch_size, device=device, progress=progress)
@@ -683,6 +700,7 @@ def dissect(
             **subject.provenance(dotted), "requested_as": layer, "stimulus_set": probe.name,
             "method": "pixel-level network dissection (Bau et al. 2017)",
             "quantile": float(quantile), "iou_threshold": float(iou_threshold), "quantile_method": quantile_method,
+            "maps": "kept in memory between passes" if cached is not None else ("read from activations" if acts is not None else "forward passes twice"),
             "upsampling": "bilinear, align_corners=False", "frame": "x".join(map(str, size)) if size else "network input",
             "n_stimuli": len(probe), "n_detectors": int(detector.sum()), "fraction_detectors": float(detector.mean()),
             "neurocnn_version": version(),
