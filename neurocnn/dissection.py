@@ -165,10 +165,10 @@ class TopQuantile:
             upper = top[:, max(self.m - 2, 0)] if frac > 0 else lower
             return (lower + frac * (upper - lower)).numpy()
         # rank from the top of the (pos)-th value: cumulative counts from the highest bin
-        target = self.n - self.pos  # values >= threshold, counted with interpolation
+        target = self.n - self.pos - 0.5  # values above the threshold (mid-rank convention)
         from_top = self.hist.flip(1).cumsum(1)
         b = (from_top < target).sum(1).clamp(max=self.n_bins - 1)
-        above = torch.where(b > 0, from_top.gather(1, (b - 1).clamp(min=0)[:, None])[:, 0], torch.zeros_like(target * b))
+        above = torch.where(b > 0, from_top.gather(1, (b - 1).clamp(min=0)[:, None])[:, 0], torch.zeros(b.shape, dtype=torch.float64))
         count = self.hist.flip(1).gather(1, b[:, None])[:, 0].clamp(min=1)
         bin_index = self.n_bins - 1 - b
         inside = ((target - above) / count).clamp(0, 1)
@@ -796,13 +796,17 @@ def plot_unit_cards(subject: VirtualSubject, probe: Any, result: xr.Dataset, uni
                     n_images: int = 4, size: float = 1.3):
     """Unit cards: each unit's top images, with its thresholded map outlined (pixel-level results).
 
-    For :func:`annotate_units` results the cards show the top images with their labels.
+    For :func:`annotate_units` results of a conv layer the cards outline the theoretical
+    receptive field (:func:`neurocnn.receptive_fields.rf_box`) of the channel's maximum.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from .receptive_fields import rf_box
 
     stim = probe.stimuli if isinstance(probe, ConceptProbe) else load_stimuli(probe)
     dim = _unit_dim(result)
@@ -818,9 +822,9 @@ def plot_unit_cards(subject: VirtualSubject, probe: Any, result: xr.Dataset, uni
     for row, u in enumerate(units):
         index = result["top_index"].values[u, :n_images]
         frames = torch.stack([prep.geometric(stim.load(int(i))) for i in index])
+        with torch.inference_mode():
+            maps = subject.forward_layers(prep.normalize(frames).to(subject.device), [layer])[layer][:, u:u + 1].float().cpu()
         if pixel:
-            with torch.inference_mode():
-                maps = subject.forward_layers(prep.normalize(frames).to(subject.device), [layer])[layer][:, u:u + 1].float().cpu()
             up = F.interpolate(maps, size=frames.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
         for col, ax in enumerate(axes[row]):
             ax.imshow(frames[col].permute(1, 2, 0).clamp(0, 1).numpy())
@@ -835,6 +839,11 @@ def plot_unit_cards(subject: VirtualSubject, probe: Any, result: xr.Dataset, uni
                                levels=[0.5], colors="yellow", linewidths=1.0)
                     ax.set_xlim(-0.5, w - 0.5)
                     ax.set_ylim(h - 0.5, -0.5)
+            elif maps.ndim == 4:  # image-level result of a conv channel: the receptive field of its maximum
+                y, x = np.unravel_index(int(maps[col, 0].argmax()), tuple(maps.shape[-2:]))
+                box = rf_box(subject, layer, int(y), int(x), clip=True, input_size=tuple(frames.shape[-2:]))
+                ax.add_patch(Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.x1 - box.x0, box.y1 - box.y0, fill=False,
+                                       edgecolor="yellow", linewidth=1.0))
         if pixel:
             title = f"{layer} unit {u}: {result['label_name'].values[u]} ({result['label_category'].values[u]}) IoU {float(result['label_iou'][u]):.2f}"
         else:

@@ -291,6 +291,11 @@ def test_summary_and_figures(tmp_path):
     nc.plotting.save_figure(fig, tmp_path / "bars.png")
     cards = dissection.plot_unit_cards(subject, _squares(), res, [0, 1], n_images=2)
     assert len(cards.axes) == 4 and "red" in cards.axes[0].get_title(loc="left")
+    ann = dissection.annotate_units(subject, _redness_probe(), "1", k=5, progress=False)
+    cards = dissection.plot_unit_cards(subject, _redness_probe(), ann, [0], n_images=3)
+    # the red unit's maximum sits on a cell of the square; its 2x2 receptive field lies inside rows/cols 2..5
+    box = cards.axes[0].patches[0]
+    assert box.get_width() == 2 and 1.5 <= box.get_x() <= 3.5
     import matplotlib.pyplot as plt
 
     plt.close("all")
@@ -298,20 +303,22 @@ def test_summary_and_figures(tmp_path):
 
 # ---------------------------------------------------------------- real network
 @pytest.mark.slow
-def test_lite0_colour_detectors_early_category_detectors_late(lite0, stimuli92, mirror):
+def test_lite0_colour_detectors_early_category_detectors_late(lite0, stimuli92, mirror, tmp_path):
+    # one forward pass of the 92 images into a zarr store serves all three analyses
+    acts = lite0.activations(stimuli92, ["stem", "stage7", "head"], store=tmp_path / "a.zarr", progress=False)
     # colours of the 92 images' pixels: the stem is mostly colour detectors, stage7 few
-    early = dissection.dissect(lite0, stimuli92, "stem", size=(112, 112), progress=False)
-    late = dissection.dissect(lite0, stimuli92, "stage7", size=(56, 56), progress=False)
+    early = dissection.dissect(lite0, stimuli92, "stem", size=(112, 112), activations=acts["stem"], progress=False)
+    late = dissection.dissect(lite0, stimuli92, "stage7", size=(56, 56), activations=acts["stage7"], progress=False)
     assert early.attrs["fraction_detectors"] > 0.5
     assert np.median(early["label_iou"].values) > 5 * np.median(late["label_iou"].values)
     # fLoc categories: the head has face, place and object detectors, the stem none
     floc = nc.load_stimuli("floc")
-    floc = floc.subset(np.concatenate([np.arange(c * 144, c * 144 + 20) for c in range(6)]))
+    floc = floc.subset(np.concatenate([np.arange(c * 144, c * 144 + 15) for c in range(6)]))
     ann = dissection.annotate_units(lite0, floc, ["stem", "head"], k=10, progress=False)
     head = ann["head"]
     assert head.attrs["fraction_detectors"] > 0.05 > ann["stem"].attrs["fraction_detectors"]
     assert set(head["label_type"].values[head["detector"].values].tolist()) == {"face", "place", "object"}
-    ann92 = dissection.annotate_units(lite0, stimuli92, "head", k=10, progress=False)
+    ann92 = dissection.annotate_units(lite0, stimuli92, "head", k=10, activations=acts["head"], progress=False)
     assert ann92.attrs["n_detectors"] >= 1
 
 
