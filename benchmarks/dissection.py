@@ -58,7 +58,8 @@ def netdissect_loop(subject: nc.VirtualSubject, probe, layer: str, *, quantile: 
     features = np.stack(features)  # (N, U, h, w): all in memory, as NetDissect's mmap
     n_units, n_concepts = features.shape[1], probe.concepts.size
     thresholds = np.quantile(features.transpose(1, 0, 2, 3).reshape(n_units, -1), 1 - quantile, axis=1)
-    inclusive = thresholds >= features.max(axis=(0, 2, 3))
+    top = features.max(axis=(0, 2, 3))
+    inclusive = (thresholds >= top) & (top > features.min(axis=(0, 2, 3)))
     tally_both = np.zeros((n_units, n_concepts))
     tally_units_cat = np.zeros((n_units, len(probe.categories)))
     tally_labels = np.zeros(n_concepts)

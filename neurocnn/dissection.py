@@ -503,7 +503,7 @@ def _thresholds(subject, probe, layer, acts, *, quantile, method, cache_mb, batc
     themselves when they come from forward passes and fit in ``cache_mb``."""
     stim = probe.stimuli
     tracker: TopQuantile | None = None
-    maxima, cache = [], []
+    maxima, cache, lowest = [], [], None
     for _, outputs, _ in _stream(subject, stim, [layer], batch_size=batch_size, activations=acts, device=device,
                                  progress=progress, desc=f"{subject.name} {layer} thresholds"):
         out = outputs[layer]
@@ -517,15 +517,19 @@ def _thresholds(subject, probe, layer, acts, *, quantile, method, cache_mb, batc
             keep = acts is None and len(stim) * out[0].numel() * 4 <= cache_mb * 2**20
         tracker.update(out)
         maxima.append(out.flatten(2).amax(2).numpy())
+        low = out.flatten(2).amin(2).amin(0).numpy().astype(np.float64)
+        lowest = low if lowest is None else np.minimum(lowest, low)
         if keep:
             cache.append(out.numpy())
     cached = {layer: np.concatenate(cache)} if keep else None
-    return tracker.result(), tracker.bin_width(), np.concatenate(maxima).astype(np.float64), cached
+    return tracker.result(), tracker.bin_width(), np.concatenate(maxima).astype(np.float64), lowest, cached
 
 
-def _inclusive(threshold: np.ndarray, maxima: np.ndarray) -> np.ndarray:
-    """Channels whose threshold is their maximum (values tie at the top, e.g. a saturated ReLU6)."""
-    return threshold >= maxima.max(0)
+def _inclusive(threshold: np.ndarray, maxima: np.ndarray, lowest: np.ndarray) -> np.ndarray:
+    """Channels whose threshold is their maximum (values tie at the top, e.g. a saturated ReLU6),
+    constant channels excepted (a dead channel is active nowhere)."""
+    top = maxima.max(0)
+    return (threshold >= top) & (top > lowest)
 
 
 def _tally(subject, probe, layer, acts, threshold, inclusive, *, size, batch_size, device, progress):
@@ -606,7 +610,7 @@ def dissect(
         probe images) above which the channel counts as active (0.005 in the paper):
         a pixel is active when its upsampled value exceeds the threshold, or equals it
         for channels whose threshold is their maximum (saturating units, e.g. ReLU6,
-        tie at the top; ``threshold_inclusive``).
+        tie at the top; ``threshold_inclusive``; never for constant channels).
     iou_threshold : float
         A channel detects its best concept when IoU exceeds this (0.04 in the paper).
     quantile_method : {"exact", "histogram"}
@@ -658,11 +662,11 @@ def dissect(
         size = tuple(check_positive_int("size", int(s)) for s in size)
     probe = _probe_of(probe)
     acts = _prepare_activations(subject, probe.stimuli, [layer], activations, store, batch_size, device, progress)
-    threshold, error, maxima, cached = _thresholds(subject, probe, layer, acts, quantile=quantile,
+    threshold, error, maxima, lowest, cached = _thresholds(subject, probe, layer, acts, quantile=quantile,
                                                    method=quantile_method, cache_mb=cache_mb, batch_size=batch_size,
                                                    device=device, progress=progress)
     acts = cached if cached is not None else acts
-    inclusive = _inclusive(threshold, maxima)
+    inclusive = _inclusive(threshold, maxima, lowest)
     both, label_area, unit_area, image_area = _tally(subject, probe, layer, acts, threshold, inclusive, size=size,
                                          batch_size=batch_size, device=device, progress=progress)
     cat_of = np.array([probe.categories.index(c) for c in probe.concept_category], dtype=np.int64)

@@ -384,3 +384,57 @@ def test_unit_responses_are_spatial_maxima():
     resp = dissection.unit_responses(subject, stim, "1", batch_size=3, progress=False)
     np.testing.assert_allclose(resp.values, acts.max(("y", "x")).values)
     assert resp.dims == ("stimulus", "channel") and resp.attrs["layer"] == "1"
+
+
+def test_dissect_matches_an_independent_loop_on_random_broden(tmp_path):
+    """Random net, images and masks; some images lack a category: the NetDissect-Lite tally, in numpy."""
+    rng = np.random.default_rng(3)
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.ReLU())
+    subject = nc.VirtualSubject(net, preprocessing=IDENTITY, name="random")
+    (tmp_path / "images").mkdir()
+    rows, n = [], 6
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "images" / f"i{i}.png")
+        seg = np.zeros((12, 12, 3), dtype=np.uint8)
+        seg[..., 0] = rng.choice([0, 1, 2, 3], size=(12, 12))
+        Image.fromarray(seg).save(tmp_path / "images" / f"i{i}_obj.png")
+        rows.append({"image": f"i{i}.png", "object": f"i{i}_obj.png" if i % 3 else "", "scene": str(4 + i % 2) if i < 4 else ""})
+    with open(tmp_path / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (tmp_path / "label.csv").write_text("number,name,category\n1,a,object(1)\n2,b,object(1)\n3,c,object(1)\n"
+                                        "4,s1,scene(1)\n5,s2,scene(1)\n")
+    res = dissection.dissect(subject, concepts.load_broden(tmp_path), "1", quantile=0.1, progress=False)
+
+    x = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / "images" / f"i{i}.png"))).permute(2, 0, 1)
+                     for i in range(n)]).float() / 255
+    with torch.no_grad():
+        feats = net(x).numpy()
+    t = np.quantile(feats.astype(np.float64).transpose(1, 0, 2, 3).reshape(5, -1), 0.9, axis=1)
+    up = F_interp(feats, 12)
+    active = up > t[None, :, None, None]
+    both, units_cat, labels = np.zeros((5, 5)), np.zeros((5, 2)), np.zeros(5)
+    for i, r in enumerate(rows):
+        if r["object"]:
+            seg = np.asarray(Image.open(tmp_path / "images" / r["object"]))[..., 0].astype(int)
+            units_cat[:, 0] += active[i].sum((1, 2))
+            for c in (1, 2, 3):
+                labels[c - 1] += (seg == c).sum()
+                both[:, c - 1] += (active[i] & (seg == c)).sum((1, 2))
+        if r["scene"]:
+            c = int(r["scene"])
+            units_cat[:, 1] += active[i].sum((1, 2))
+            labels[c - 1] += 144
+            both[:, c - 1] += active[i].sum((1, 2))
+    union = units_cat[:, [0, 0, 0, 1, 1]] + labels - both
+    np.testing.assert_allclose(res["threshold"].values, t, rtol=1e-12)
+    np.testing.assert_allclose(res["iou"].values, both / union, rtol=1e-10)
+    np.testing.assert_allclose(res["concept_area"].values, labels)
+
+
+def F_interp(feats: np.ndarray, side: int) -> np.ndarray:
+    import torch.nn.functional as F
+
+    return F.interpolate(torch.from_numpy(feats), size=(side, side), mode="bilinear", align_corners=False).numpy()
