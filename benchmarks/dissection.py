@@ -13,7 +13,7 @@ masks for 224 px Broden), same threshold rule.
 Prints wall and CPU time (best of ``--repeats``), the ratio reference / neurocnn, and
 the max |IoU difference| (should be 0 up to float rounding).
 
-Run: ``python benchmarks/dissection.py [--threads 1] [--repeats 3] [--layers stage2 stage4] [--quick]``
+Run: ``python benchmarks/dissection.py [--threads 1] [--repeats 3] [--layers stage2 stage4 stage7 head] [--quick]``
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--layers", nargs="*", default=["stage2", "stage4"])
+    parser.add_argument("--layers", nargs="*", default=["stage2", "stage4", "stage7", "head"])
     parser.add_argument("--images", type=int, default=92)
     parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--batch-size", type=int, default=4, help="neurocnn's images per forward pass")
     parser.add_argument("--quick", action="store_true", help="12 images, one layer, one repeat")
     args = parser.parse_args(argv)
     if args.quick:
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         dissection.dissect(subject, warm, layer, size=size, progress=False)
         netdissect_loop(subject, warm, layer, quantile=0.005, size=size)
     for layer in args.layers:
-        ours_w, ours_c, ours = _best_of(lambda: dissection.dissect(subject, probe, layer, size=size, progress=False),
-                                        args.repeats)
+        ours_w, ours_c, ours = _best_of(
+            lambda: dissection.dissect(subject, probe, layer, size=size, batch_size=args.batch_size, progress=False),
+            args.repeats)
         ref_w, ref_c, ref = _best_of(lambda: netdissect_loop(subject, probe, layer, quantile=0.005, size=size),
                                      args.repeats)
         diff = float(np.abs(ours["iou"].values - ref).max())

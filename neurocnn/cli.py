@@ -271,7 +271,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU of a detector (pixel)")
     p.add_argument("--size", type=int, help="side of the frame where IoU is computed (pixel; default input size)")
     p.add_argument("--max-images", type=int, help="first N rows of the Broden index (pixel)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (raise it on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("out") / "dissect", help="output folder")
 

@@ -588,7 +588,7 @@ def dissect(
     quantile_method: QuantileMethod = "exact",
     size: tuple[int, int] | None = None,
     cache_mb: float = 256.0,
-    batch_size: int = 16,
+    batch_size: int = 4,
     activations: xr.DataArray | None = None,
     store: str | None = None,
     device: str | None = None,
@@ -623,6 +623,7 @@ def dissect(
         the two passes when they fit in this many MB (else the forward passes run twice,
         so memory stays bounded by one batch); 0 never keeps them.
     batch_size : int
+        Images per forward pass (small batches are fastest on a CPU; raise it on a GPU).
     activations : xarray.DataArray, optional
         The layer's activations for the probe stimuli (may be zarr-backed; read one
         batch at a time, used for both passes).
