@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=92)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=4, help="neurocnn's images per forward pass")
-    parser.add_argument("--quick", action="store_true", help="12 images, one layer, one repeat")
+    parser.add_argument("--quick", action="store_true", help="8 images, stage2 and head, one repeat")
     args = parser.parse_args(argv)
     if args.quick:
-        args.images, args.layers, args.repeats, args.size = 12, args.layers[:1], 1, 56
+        args.images, args.layers, args.repeats, args.size = 8, ["stage2", "head"], 1, 56
     torch.set_num_threads(args.threads)
     subject = nc.VirtualSubject()
     stim = nc.load_stimuli("92images").subset(np.arange(args.images))
