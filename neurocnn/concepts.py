@@ -243,7 +243,6 @@ class ConceptProbe:
 
             def resample(m: torch.Tensor) -> torch.Tensor:
                 return m
-        hw = tuple(frame.shape[-2:])
         out: list[tuple[int, torch.Tensor]] = []
         cat_index = {c: i for i, c in enumerate(self.categories)}
         expected = self.mask_sizes[index] if self.mask_sizes is not None else None

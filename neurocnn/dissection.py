@@ -553,7 +553,7 @@ def _tally(subject, probe, layer, acts, threshold, inclusive, *, size, batch_siz
         for i, (image, frame) in enumerate(frames):
             label_maps = probe.label_maps(start + i, image, frame, prep, size=size)
             hw = tuple(size) if size is not None else tuple(frame.shape[-2:])
-            for c, m in label_maps:
+            for _, m in label_maps:
                 if tuple(m.shape) != hw:
                     raise ShapeMismatchError(f"A concept map of {probe.stimuli.ids[start + i]!r} is {tuple(m.shape)}, expected {hw}.")
             flat = [(c, m.reshape(-1)) for c, m in label_maps]
