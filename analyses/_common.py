@@ -113,6 +113,18 @@ def peak(corr: xr.DataArray) -> tuple[float, tuple[float, float, float]]:
     return float(corr.values[v]), (float(corr.x[v]), float(corr.y[v]), float(corr.z[v]))
 
 
+def as_values(prefix: str, numbers: dict) -> dict[str, str]:
+    """Headline values from a dict of numbers: ``{prefix}_{key}`` -> text (lists joined, dicts as JSON)."""
+    def text(v) -> str:
+        if isinstance(v, dict):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, (list, tuple)):
+            return ", ".join(map(str, v))
+        return str(v)
+
+    return {f"{prefix}_{k}": text(v) for k, v in numbers.items()}
+
+
 def write_headline(out: Path, headline: Callable[[Path], dict[str, str]]) -> Path:
     """Write an analysis' headline values to ``out/headline.json`` (read by the paper).
 

@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "null_mean_r2": round(float(null.r2.mean()), 4),
         "null_fraction_p_fwe_below_05": round(float((null.p_fwe < 0.05).mean()), 4),
     }
-    values = {f"enc_{k}": ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-              for k, v in headline.items()}
+    values = _common.as_values("enc", headline)
     _common.write_headline(out, lambda folder: {**values, "fig_enc": _common.figure(folder, "encoding_layers.png")})
     logger.info("headline: %s", headline)
     return 0

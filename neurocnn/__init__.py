@@ -33,8 +33,9 @@ _EXPORTS = {
     "load": "io",
 }
 _SUBMODULES = (
-    "attribution", "cli", "datasets", "exceptions", "io", "lesions", "models", "plotting",
-    "encoding", "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks", "visualization",
+    "attribution", "cli", "concepts", "datasets", "dissection", "encoding", "exceptions", "io", "lesions",
+    "models", "plotting", "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks",
+    "visualization",
 )
 _DEPRECATED = ("rdm",)  # 0.1 name of rsa; importable, not exported
 

@@ -230,6 +230,49 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     return _run_script(_checkout() / "paper" / "build.py", argv)
 
 
+def _cmd_dissect(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+
+    from . import io
+    from .concepts import concepts_from_stimuli, labelled_stimuli, load_broden
+    from .dissection import annotate_units, detector_summary, dissect, plot_detector_counts
+    from .plotting import save_figure
+    from .stimuli import list_stimulus_sets
+    from .subject import VirtualSubject
+
+    out = Path(args.out)
+    subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
+    layers = args.layers or subject.default_layers
+    for layer in layers:
+        subject.resolve_layer(layer)
+    paths = [out / f"{args.method}_{layer}.nc" for layer in layers] + [out / f"{args.method}_detectors.png"]
+    for path in paths:
+        io.check_writable(path, overwrite=args.overwrite)
+    progress = not args.no_progress
+    if args.method == "annotate":
+        stim = args.stimuli if args.stimuli in list_stimulus_sets() else labelled_stimuli(args.stimuli)
+        results = annotate_units(subject, stim, layers, labels=args.labels, k=args.k, min_precision=args.min_precision,
+                                 seed=args.seed, batch_size=args.batch_size, progress=progress)
+    else:
+        probe = load_broden(args.broden, max_images=args.max_images) if args.broden else concepts_from_stimuli(args.stimuli)
+        size = (args.size, args.size) if args.size else None
+        results = {layer: dissect(subject, probe, layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
+                                  size=size, batch_size=args.batch_size, progress=progress) for layer in layers}
+    out.mkdir(parents=True, exist_ok=True)
+    for layer, path in zip(layers, paths):
+        io.save(results[layer], path, overwrite=args.overwrite)
+    summary = detector_summary(results)
+    fig = plot_detector_counts(summary)
+    save_figure(fig, paths[-1], overwrite=args.overwrite)
+    plt.close(fig)
+    for layer in layers:
+        row = summary.sel(layer=layer)
+        parts = ", ".join(f"{c} {int(n)}" for c, n in zip(summary["category"].values, row["n_detectors"].values) if n)
+        sys.stdout.write(f"  {layer:10s} {int(row.n_detectors.sum()):5d} / {int(row.n_units):5d} detectors  {parts}\n")
+    sys.stdout.write(f"wrote {len(layers)} netCDF files and {paths[-1]}\n")
+    return 0
+
+
 def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "efficientnet_lite0") -> None:
     parser.add_argument("--model", default=default_model, help="architecture (see `neurocnn models`)")
     parser.add_argument("--weights", default="pretrained", help="state-dict file (default: registered weights)")
@@ -332,6 +375,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rois", help="coordinate of the responses' targets holding ROI labels (layer x ROI table)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output path without extension (.nc and .png written)")
+    p = sub.add_parser("dissect", help="unit semantics: image-level annotation or pixel-level network dissection")
+    _add_subject_args(p)
+    p.add_argument("--method", choices=["annotate", "pixel"], default="annotate",
+                   help="annotate: top-K label vote (Zhou 2015); pixel: IoU with concept masks (Bau 2017)")
+    p.add_argument("--stimuli", default="floc", help="floc, 92images, a folder per label, a file,label CSV, or images")
+    p.add_argument("--broden", help="a Broden-layout folder (pixel method; default: colour concepts of --stimuli)")
+    p.add_argument("--layers", nargs="*", help="layer names or aliases (default: the model's default layers)")
+    p.add_argument("--labels", help="metadata field or 'label_*' indicator columns (annotate)")
+    p.add_argument("--k", type=int, default=10, help="top images per unit (annotate)")
+    p.add_argument("--min-precision", type=float, default=0.75, help="precision of a detector (annotate)")
+    p.add_argument("--quantile", type=float, default=0.005, help="top activation quantile (pixel)")
+    p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU of a detector (pixel)")
+    p.add_argument("--size", type=int, help="side of the frame where IoU is computed (pixel; default input size)")
+    p.add_argument("--max-images", type=int, help="first N rows of the Broden index (pixel)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (raise it on a GPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("out") / "dissect", help="output folder")
 
     p = sub.add_parser("analysis", help="run an analyses/ script of a source checkout (e.g. virtual_tms)")
     p.add_argument("name", help="script name without .py")
@@ -357,6 +417,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "maximize": _cmd_maximize,
     "attribute": _cmd_attribute,
     "encode": _cmd_encode,
+    "dissect": _cmd_dissect,
     "analysis": _cmd_analysis,
     "paper": _cmd_paper,
 }
