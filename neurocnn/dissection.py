@@ -41,7 +41,8 @@ from ._validation import check_fraction, check_option, check_positive_int
 from ._version import version
 from .concepts import ConceptProbe, concepts_from_stimuli
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError
-from .stimuli import FLOC_DOMAINS, StimulusSet, load_stimuli
+from .datasets import FLOC_DOMAINS
+from .stimuli import StimulusSet, load_stimuli
 from .subject import VirtualSubject
 
 __all__ = [

@@ -360,7 +360,7 @@ def _model_stack(model_rdms: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, d
     if st.ids is None:
         raise ShapeMismatchError(
             "model_rdms need stimulus ids: pass a DataArray with dims (layer, stimulus, "
-            "stimulus2) and stimulus coords, e.g. from neurocnn.rdm.compute_rdm."
+            "stimulus2) and stimulus coords, e.g. from neurocnn.rsa.compute_rdm."
         )
     if st.dim is None:
         names = np.array([str(st.attrs.get("layer", st.attrs.get("alias", "model")))])

@@ -107,7 +107,7 @@ def test_red_unit_is_labelled_red_with_iou_on_paper():
     np.testing.assert_allclose(res["label_iou"].values, [0.5, 0.5])
     assert res["detector"].values.all()
     assert res.attrs["layer"] == "1" and res.attrs["quantile"] == 0.125
-    assert res["top_stimulus"].values[0, 0] == "stim_0000"
+    assert res["top_stimulus"].values[0, 0] == "0"
 
 
 def test_dissect_histogram_and_store_agree_with_exact(tmp_path):
