@@ -96,6 +96,7 @@ def test_script_runs_registered_models_on_a_user_rdm_set(mc, tmp_path, mirror):
     assert list(result.attrs["models"]) == names
     assert result.attrs["n_stimuli"] == 46 and result.attrs["seed"] == 5
     assert result.sizes["layer"] == 2 * 2  # --quick: every second layer and the last
+    assert result.layer_rdm.shape == (4, 46, 46) and result.brain_rdm.sizes["subject"] == 3
     assert str(tmp_path / "user.npy") in result.attrs["brain_rdms"]
     headline = json.loads((out / "headline.json").read_text())
     assert [row["rank"] for row in headline["table"]] == [1, 2]
