@@ -33,9 +33,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import make_parser, make_subject, output_dir  # noqa: E402
+from _common import figure, fmt, fmt_int, load_result, make_parser, make_subject, output_dir, write_headline  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
+from neurocnn.exceptions import AnalysisFailedError  # noqa: E402
 from neurocnn import attribution, visualization  # noqa: E402
 
 NAME = "feature_visualization"
@@ -68,6 +69,36 @@ def _save(ds, out: Path, name: str, overwrite: bool) -> None:
 def _figure(fig, out: Path, name: str, overwrite: bool) -> None:
     nc.plotting.save_figure(fig, out / f"{name}.png", overwrite=overwrite)
     plt.close(fig)
+
+
+def headline(folder: Path) -> dict[str, str]:
+    """The values the manuscript prints about this analysis, read back from its results."""
+    klass = load_result(folder, "maximize_class.nc")
+    maps = sorted(folder.glob("activation_maps_*.png"))
+    tops = sorted(folder.glob("top9_*.png"))
+    if not maps or not tops:
+        raise AnalysisFailedError(f"Analysis 'feature_visualization' left no activation-map or top-9 figure in {folder}.")
+    unit_files = sorted(folder.glob("maximize_*_ch*.nc"))
+    roles = sorted({str(nc.io.load(p).attrs["role"]) for p in unit_files})
+    top = load_result(folder, tops[0].with_suffix(".nc").name)
+    return {
+        "fv_mid_layer": maps[0].stem[len("activation_maps_"):],
+        "fv_n_units": fmt_int(len(unit_files)),
+        "fv_roles": ", ".join(roles),
+        "fv_class": str(klass.attrs["target"]),
+        "fv_initial": fmt(klass.attrs["initial_activation"], 2),
+        "fv_final": fmt(klass.attrs["final_activation"], 2),
+        "fv_classified_as": str(klass.attrs["classified_as"]),
+        "fv_classified_p": fmt(klass.attrs["classified_probability"], 3),
+        "fv_steps": fmt_int(klass.attrs["steps"]),
+        "fv_top_k": fmt_int(top.sizes["rank"]),
+        "fig_fv_filters": figure(folder, "filters.png"),
+        "fig_fv_maps": figure(folder, maps[0].name),
+        "fig_fv_top": figure(folder, tops[0].name),
+        "fig_fv_maximize": figure(folder, "maximize.png"),
+        "fig_fv_dream": figure(folder, "deepdream.png"),
+        "fig_fv_attr": figure(folder, "attributions.png"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     fig = attribution.plot_attributions({m: r.isel(stimulus=slice(0, len(shown))) for m, r in results.items()},
                                         images=images)
     _figure(fig, out, "attributions", ow)
+    write_headline(out, headline)
     return 0
 
 

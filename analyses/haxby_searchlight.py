@@ -28,8 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
-from _common import make_parser, output_dir  # noqa: E402
-from neurocnn import searchlight  # noqa: E402
+from _common import ALPHA, figure, fmt, fmt_int, fmt_p, load_result, make_parser, md_table, output_dir, peak, write_headline  # noqa: E402
+from neurocnn import datasets, rsa, searchlight  # noqa: E402
 
 CATEGORIES = ("face", "house", "shoe", "cat", "scissors", "scrambledpix", "bottle", "chair")
 OBJECTS = {c: "object" for c in ("shoe", "scissors", "bottle", "chair")}
@@ -40,6 +40,27 @@ MODELS = {
 }
 
 
+def headline(folder: Path) -> dict[str, str]:
+    """The values the manuscript prints about this analysis, read back from its results."""
+    ds = load_result(folder, "haxby_searchlight.nc")
+    rows = []
+    for name in ds["layer"].values:
+        c, p = ds["correlation"].sel(layer=name), ds["p_fwe"].sel(layer=name)
+        rho, (x, y, _) = peak(c)
+        rows.append([str(name), fmt(rho), f"({x:.1f}, {y:.1f})", fmt(np.nanmean(c.values)),
+                     fmt_int((p.values < ALPHA).sum()), fmt_p(np.nanmin(p.values))])
+    return {
+        "hx_data": str(ds.attrs["data"]),
+        "hx_n_centres": fmt_int(ds.attrs["n_centres"]),
+        "hx_radius": fmt(ds.attrs["radius_mm"], 1),
+        "hx_n_categories": fmt_int(ds.attrs["n_stimuli"]),
+        "hx_n_permutations": fmt_int(ds.attrs["n_permutations"]),
+        "hx_lag": fmt_int(ds.attrs["lag_volumes"]),
+        "hx_table": md_table(["model RDM", "peak ρ", "peak (mm)", "mean ρ", f"voxels p_FWE < {ALPHA}", "min p_FWE"], rows),
+        "fig_hx": figure(folder, "haxby_searchlight.png"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("haxby_searchlight", __doc__.splitlines()[0])
     parser.add_argument("--radius", type=float, default=6.0, help="disc radius in mm (6 mm: 3 x 3 voxels)")
@@ -47,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = output_dir(args)
 
-    vol = searchlight.haxby_category_patterns(lag=args.lag, categories=CATEGORIES)
-    models = searchlight.category_model_rdms(CATEGORIES, MODELS)
+    vol = datasets.haxby_category_patterns(lag=args.lag, categories=CATEGORIES)
+    models = rsa.category_model_rdms(CATEGORIES, MODELS)
     n_perm = 200 if args.quick else 5000
-    res = searchlight.searchlight(vol.img, models, vol.mask, radius=args.radius, min_voxels=5,
+    res = searchlight.searchlight(vol.img, models, mask=vol.mask, radius=args.radius, min_voxels=5,
                                   stimulus_ids=vol.stimulus_ids, n_permutations=n_perm,
                                   seed=args.seed, progress=args.progress)
     res.attrs.update(data="Haxby et al. 2001, subject 1, PyMVPA single slice", lag_volumes=args.lag)
@@ -81,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     nc.plotting.save_figure(fig, out / "haxby_searchlight.png", overwrite=args.overwrite)
     plt.close(fig)
     print(f"wrote {out}")
+    write_headline(out, headline)
     return 0
 
 

@@ -20,7 +20,7 @@ import xarray as xr
 sys.path.insert(0, str(Path(__file__).parent))
 
 import neurocnn as nc  # noqa: E402
-from _common import make_parser, make_subject, output_dir  # noqa: E402
+from _common import figure, fmt, fmt_int, load_result, make_parser, make_subject, md_table, output_dir, write_headline  # noqa: E402
 from neurocnn import tasks  # noqa: E402
 
 SIZES = {  # (fractions, n_train, n_test, n_repeats, number of layers)
@@ -35,6 +35,33 @@ def _spread_layers(subject, n: int) -> list[str]:
                 if any(isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)) for m in subject.module(name).modules())]
     index = np.unique(np.round(np.linspace(0, len(weighted) - 1, n)).astype(int))
     return [weighted[i] for i in index]
+
+
+def headline(folder: Path) -> dict[str, str]:
+    """The values the manuscript prints about this analysis, read back from its results."""
+    ds = load_result(folder, "ko_sweeps.nc").mean("repeat")
+    fractions = [float(f) for f in ds["fraction"].values]
+    rows = []
+    for layer in ds["layer"].values:
+        for kind in ds["kind"].values:
+            pair = ds["pair_accuracy"].sel(layer=layer, kind=kind).values
+            top1 = ds["top1_agreement"].sel(layer=layer, kind=kind).values
+            rows.append([str(layer), str(kind), *(f"{fmt(a, 2)} / {fmt(b, 2)}" for a, b in zip(pair, top1))])
+    full = ds.sel(fraction=max(fractions))
+    node_full = full["pair_accuracy"].sel(kind="node")
+    return {
+        "ko_n_layers": fmt_int(ds.sizes["layer"]),
+        "ko_layers": ", ".join(str(v) for v in ds["layer"].values),
+        "ko_fractions": ", ".join(fmt(f, 2) for f in fractions),
+        "ko_n_train": fmt_int(ds.attrs["n_train_pairs"]),
+        "ko_n_test": fmt_int(ds.attrs["n_test_pairs"]),
+        "ko_chance": fmt(ds["pair_accuracy"].attrs["chance"], 2) if "chance" in ds["pair_accuracy"].attrs else "n/a",
+        "ko_intact": fmt(ds["pair_accuracy"].sel(fraction=min(fractions)).mean(), 3),
+        "ko_full_node_min": fmt(node_full.min(), 3),
+        "ko_full_node_max": fmt(node_full.max(), 3),
+        "ko_table": md_table(["layer", "KO", *(f"fraction {fmt(f, 2)}" for f in fractions)], rows),
+        "fig_ko": figure(folder, "ko_sweeps.png"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     nc.plotting.save_figure(fig, out / "ko_sweeps.png", overwrite=args.overwrite)
     print(ds.mean("repeat").to_dataframe().round(3).to_string())
     print(f"{time.time() - t0:.0f} s")
+    write_headline(out, headline)
     return 0
 
 

@@ -4,7 +4,7 @@ The model comparison of Khaligh-Razavi & Kriegeskorte (2014), Brain-Score style:
 network's default layers are compared with the human IT fMRI RDMs of Kriegeskorte et
 al. (2008) (4 subjects, sessions averaged; or any user RDM set, ``--brain-rdms``) by
 Kendall tau-a. All layers of all networks enter one
-:func:`neurocnn.rdm.bootstrap_rdm_comparison` call (stimuli and subjects resampled,
+:func:`neurocnn.rsa.bootstrap_rdm_comparison` call (stimuli and subjects resampled,
 ``over="both"``), so every network is evaluated on the same bootstrap samples. A
 network's score is its best layer; the layer is re-selected in every bootstrap sample,
 so the confidence interval includes the selection. Pairwise network differences are
@@ -20,7 +20,6 @@ model_comparison.nc, model_comparison.png, table.csv / table.md and headline.jso
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -31,9 +30,9 @@ from scipy.stats import false_discovery_control
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import make_parser, output_dir  # noqa: E402
+from _common import figure, fmt_int, make_parser, output_dir, write_headline  # noqa: E402
 
-from neurocnn import VirtualSubject, datasets, io, load_stimuli, rdm  # noqa: E402
+from neurocnn import VirtualSubject, datasets, io, load_stimuli, rsa  # noqa: E402
 from neurocnn._version import version  # noqa: E402
 from neurocnn.exceptions import InvalidDataError, MissingFileError  # noqa: E402
 from neurocnn.models import get_spec, list_models  # noqa: E402
@@ -71,8 +70,8 @@ def choose_networks(requested: list[str] | None) -> tuple[list[str], list[str]]:
 def load_brain_rdms(path: Path | None, stimuli, *, variable: str | None = None) -> xr.DataArray:
     """The human IT RDMs (default) or a user's RDM stack, one RDM per subject, on ``stimuli``'s ids."""
     if path is None:
-        return rdm.load_92images_brain_rdms()
-    rdms = rdm.load_rdms(path, variable=variable, stimulus_ids=list(stimuli.ids))
+        return datasets.load_92images_brain_rdms()
+    rdms = rsa.load_rdms(path, variable=variable, stimulus_ids=list(stimuli.ids))
     if rdms.sizes["rdm"] < 2:
         raise InvalidDataError(
             f"--brain-rdms {path}: holds {rdms.sizes['rdm']} RDM; the bootstrap over subjects and "
@@ -90,7 +89,7 @@ def network_rdms(names, stimuli, *, weights: str, quick: bool, progress: bool):
         if quick:  # every other layer and the last: a CI-sized run with the same code path
             layers = list(dict.fromkeys(layers[::2] + layers[-1:]))
         acts = subject.activations(stimuli, layers, progress=progress)
-        rdms = rdm.compute_rdm(acts, metric="correlation")
+        rdms = rsa.compute_rdm(acts, metric="correlation")
         rdms = rdms.drop_vars([c for c in rdms.coords if c not in rdms.dims])
         depth = np.linspace(0.0, 1.0, len(layers)) if len(layers) > 1 else np.ones(1)
         stacks.append(rdms.assign_coords(
@@ -106,7 +105,7 @@ def compare_networks(layer_rdms: xr.DataArray, brain_rdms: xr.DataArray, *, n_bo
                      progress: bool) -> xr.Dataset:
     """Bootstrap all layers jointly; best layer per network (re-selected per sample), pairwise tests."""
     subject_rdms = brain_rdms.groupby("subject").mean()
-    boot = rdm.bootstrap_rdm_comparison(layer_rdms, subject_rdms, method=METHOD, n_bootstrap=n_bootstrap,
+    boot = rsa.bootstrap_rdm_comparison(layer_rdms, subject_rdms, method=METHOD, n_bootstrap=n_bootstrap,
                                         over="both", seed=seed, progress=progress)
     boot = boot.assign_coords(layer_network=("layer", layer_rdms.network.values),
                               alias=("layer", layer_rdms.alias.values),
@@ -138,8 +137,8 @@ def compare_networks(layer_rdms: xr.DataArray, brain_rdms: xr.DataArray, *, n_bo
             "score": ("network", np.array(scores)),
             "best_layer": ("network", np.array(best)),
             "score_samples": (("network", "sample"), samples),
-            "score_ci_lower": ("network", np.nanquantile(samples, alpha, axis=1)),
-            "score_ci_upper": ("network", np.nanquantile(samples, 1 - alpha, axis=1)),
+            "score_ci_low": ("network", np.nanquantile(samples, alpha, axis=1)),
+            "score_ci_high": ("network", np.nanquantile(samples, 1 - alpha, axis=1)),
             "ceiling_normalized": ("network", np.array(scores) / lower),
             "p_network_vs_network": (("network", "network2"), p_pair),
             "q_network_vs_network": (("network", "network2"), q_pair),
@@ -163,8 +162,8 @@ def table_rows(result: xr.Dataset) -> list[dict]:
         rows.append({
             "rank": rank, "network": str(result.network.values[i]), "best_layer": str(result.best_layer.values[i]),
             "tau_a": round(float(result.score.values[i]), 4),
-            "ci_lower": round(float(result.score_ci_lower.values[i]), 4),
-            "ci_upper": round(float(result.score_ci_upper.values[i]), 4),
+            "ci_low": round(float(result.score_ci_low.values[i]), 4),
+            "ci_high": round(float(result.score_ci_high.values[i]), 4),
             "ceiling_normalized": round(float(result.ceiling_normalized.values[i]), 3),
             "p_vs_lower_ceiling": round(float(result.p_network_vs_lower_ceiling.values[i]), 4),
             "noise_ceiling_lower": round(lower, 4), "noise_ceiling_upper": round(upper, 4),
@@ -200,16 +199,16 @@ def plot(result: xr.Dataset):
     for ax in (a, b):
         ax.axhspan(lower, upper, color="0.85", zorder=0, label="noise ceiling")
         ax.axhline(0, color="k", lw=0.5)
-    err = np.vstack([result.score - result.score_ci_lower, result.score_ci_upper - result.score])
+    err = np.vstack([result.score - result.score_ci_low, result.score_ci_high - result.score])
     a.bar(x, result.score.values, yerr=err, capsize=3, color="#08519c", zorder=2)
     labels = [f"{n}\n({layer})" for n, layer in zip(names, result.best_layer.values)]
     a.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
     a.set_ylabel("Kendall $\\tau_A$ with human IT (best layer)")
     a.set_title("best layer per network, 95% CI (stimuli x subjects)", fontsize=8)
     for name in names:
-        r = result[["observed", "ci_lower", "ci_upper"]].isel(layer=result.layer_network.values == name)
-        b.errorbar(r.relative_depth.values, r.observed.values, yerr=np.vstack([r.observed - r.ci_lower,
-                   r.ci_upper - r.observed]), marker="o", ms=3, capsize=2, lw=1, label=name)
+        r = result[["observed", "ci_low", "ci_high"]].isel(layer=result.layer_network.values == name)
+        b.errorbar(r.relative_depth.values, r.observed.values, yerr=np.vstack([r.observed - r.ci_low,
+                   r.ci_high - r.observed]), marker="o", ms=3, capsize=2, lw=1, label=name)
     b.set_xlabel("relative depth (first to last default layer)")
     b.set_ylabel("Kendall $\\tau_A$")
     b.set_title("default layers", fontsize=8)
@@ -278,13 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     plt.close(fig)
     rows = table_rows(result)
     write_tables(rows, result, out, overwrite=args.overwrite)
-    headline = {"method": METHOD, "seed": int(args.seed), "n_bootstrap": int(n_bootstrap), "quick": bool(args.quick),
-                "n_stimuli": int(len(stimuli)), "models": networks,
-                "noise_ceiling": [rows[0]["noise_ceiling_lower"], rows[0]["noise_ceiling_upper"]],
-                "table": rows, "q_network_vs_network": {
-                    f"{a} vs {b}": round(float(result.q_network_vs_network.sel(network=a, network2=b)), 4)
-                    for i, a in enumerate(networks) for b in networks[i + 1:]}}
-    (out / OUTPUTS[4]).write_text(json.dumps(headline, indent=1) + "\n")
+    write_headline(out, lambda folder: {
+        "mc_models": ", ".join(networks), "mc_method": METHOD, "mc_n_bootstrap": fmt_int(n_bootstrap),
+        "mc_nc_lower": str(rows[0]["noise_ceiling_lower"]), "mc_nc_upper": str(rows[0]["noise_ceiling_upper"]),
+        "mc_table": (folder / "table.md").read_text().strip(), "fig_mc": figure(folder, OUTPUTS[1]),
+    })
     return 0
 
 

@@ -50,6 +50,35 @@ def _pick_layers(names: list[str], n: int | None) -> list[str]:
     return [names[i] for i in np.linspace(0, len(names) - 1, n).round().astype(int)]
 
 
+def headline(folder: Path) -> dict[str, str]:
+    """The values the manuscript prints about this analysis, read back from its results."""
+    ds = _common.load_result(folder, "rf_sizes.nc")
+    rows = [[str(name), _common.fmt(ds["theoretical_size"].sel(layer=name), 0),
+             f"{_common.fmt(ds['empirical_mean'].sel(layer=name), 1)} ± {_common.fmt(ds['empirical_std'].sel(layer=name), 1)}",
+             _common.fmt(ds["empirical_median"].sel(layer=name), 1), _common.fmt_int(ds["n_units"].sel(layer=name))]
+            for name in ds["layer"].values]
+    ratio = ds["empirical_mean"] / ds["theoretical_size"]
+    finite = np.isfinite(ratio.values)
+    deepest = str(ds["layer"].values[-1])
+    measured = np.isfinite(ds["empirical_mean"].values)
+    return {
+        "rf_n_layers": _common.fmt_int(ds.sizes["layer"]),
+        "rf_window": _common.fmt_int(ds.attrs["window"]),
+        "rf_stride": _common.fmt_int(ds.attrs["stride"]),
+        "rf_top_k": _common.fmt_int(ds.attrs["top_k"]),
+        "rf_fill": str(ds.attrs["fill"]),
+        "rf_threshold": _common.fmt(ds.attrs["threshold"], 2),
+        "rf_ratio_min": _common.fmt(np.min(ratio.values[finite]), 2) if finite.any() else "n/a",
+        "rf_ratio_max": _common.fmt(np.max(ratio.values[finite]), 2) if finite.any() else "n/a",
+        "rf_deepest": deepest,
+        "rf_n_measured": _common.fmt_int(measured.sum()),
+        "rf_n_smaller": _common.fmt_int((ds["empirical_mean"].values[measured] < ds["theoretical_size"].values[measured]).sum()),
+        "rf_table": _common.md_table(["layer", "theoretical (px)", "empirical mean ± sd (px)", "median (px)", "units"], rows),
+        "fig_rf_sizes": _common.figure(folder, "rf_sizes.png"),
+        "fig_rf_maps": _common.figure(folder, f"rfs_{deepest}.png"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _common.make_parser(NAME, __doc__.splitlines()[0])
     args = parser.parse_args(argv)
@@ -92,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             row["theoretical_size"].item(), row["empirical_mean"].item(), row["empirical_std"].item(),
             row["n_units"].item(),
         )
+    _common.write_headline(out, headline)
     return 0
 
 

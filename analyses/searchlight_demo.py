@@ -28,8 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
-from _common import make_parser, make_subject, output_dir  # noqa: E402
-from neurocnn import rdm, searchlight  # noqa: E402
+from _common import figure, fmt, fmt_int, load_result, make_parser, make_subject, md_table, output_dir, peak, write_headline  # noqa: E402
+from neurocnn import rsa, searchlight  # noqa: E402
 
 #: planted sphere centres (MNI mm) from posterior (early layers) to anterior (late layers)
 VENTRAL_STREAM = ((0.0, -92.0, 2.0), (-22.0, -84.0, -8.0), (-36.0, -66.0, -14.0), (38.0, -52.0, -18.0))
@@ -42,6 +42,27 @@ def pick_layers(default_layers: list[str], n: int) -> list[str]:
     """``n`` layers spread by relative depth over the model's default analysis layers."""
     pos = np.linspace(0.15, 0.85, n) if n > 1 else np.array([0.5])
     return list(dict.fromkeys(default_layers[int(round(p * (len(default_layers) - 1)))] for p in pos))
+
+
+def headline(folder: Path) -> dict[str, str]:
+    """The values the manuscript prints about this analysis, read back from its results."""
+    ds = load_result(folder, "searchlight.nc")
+    rows = []
+    for name in ds["layer"].values:
+        c = ds["correlation"].sel(layer=name)
+        rho, (x, y, z) = peak(c)
+        rows.append([str(name), fmt(rho), f"({x:.0f}, {y:.0f}, {z:.0f})", fmt(np.nanmean(c.values))])
+    return {
+        "sl_data": str(ds.attrs["data"]),
+        "sl_model": str(ds.attrs.get("model", ds.attrs.get("model_model", ""))),
+        "sl_n_centres": fmt_int(ds.attrs["n_centres"]),
+        "sl_radius": fmt(ds.attrs["radius_mm"], 1),
+        "sl_n_stimuli": fmt_int(ds.attrs["n_stimuli"]),
+        "sl_method": str(ds.attrs["method"]),
+        "sl_n_layers": fmt_int(ds.sizes["layer"]),
+        "sl_table": md_table(["layer", "peak ρ", "peak (MNI mm)", "mean ρ over mask"], rows),
+        "fig_sl": figure(folder, "searchlight_overview.png"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     subject = make_subject(args)
     layers = pick_layers(list(subject.default_layers), 2 if args.quick else 4)
     acts = subject.activations("92images", layers, progress=args.progress)
-    layer_rdms = rdm.compute_rdm(acts, "correlation")
+    layer_rdms = rsa.compute_rdm(acts, "correlation")
 
     if args.nifti is not None:
         ids = (np.loadtxt(args.ids, dtype=str, ndmin=1) if args.ids is not None
@@ -74,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in regions:
             print(f"planted {r['layer']:>8} at MNI {r['center']} (radius {r['radius']} mm)")
 
-    res = searchlight.searchlight(img, layer_rdms, mask, radius=args.radius, stimulus_ids=ids,
+    res = searchlight.searchlight(img, layer_rdms, mask=mask, radius=args.radius, stimulus_ids=ids,
                                   progress=args.progress, n_permutations=args.permutations,
                                   seed=args.seed)
     res.attrs.update(data=source, model=str(layer_rdms.attrs.get("model", "")))
@@ -99,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     nc.plotting.save_figure(fig, out / "searchlight_overview.png", overwrite=args.overwrite)
     plt.close(fig)
     print(f"wrote {out}")
+    write_headline(out, headline)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,58 @@ import xarray as xr
 sys.path.insert(0, str(Path(__file__).parent))
 
 import neurocnn as nc  # noqa: E402
-from _common import make_parser, make_subject, output_dir  # noqa: E402
+from _common import figure, fmt, fmt_int, fmt_p, load_result, make_parser, make_subject, md_table, output_dir, write_headline  # noqa: E402
 from neurocnn import lesions, tasks  # noqa: E402
 
 SIZES = {  # (localizer fraction, n_train, n_test, n_perm)
     "full": (0.5, 2400, 480, 10000),
     "quick": (0.05, 40, 24, 1000),
 }
+
+
+_SELECTIONS: dict[str, Callable[[dict], str]] = {
+    "fdr": lambda attrs: f"Welch t, Benjamini-Hochberg FDR at q = {fmt(attrs['q'], 2)}",
+    "top_n": lambda attrs: "the top-n most selective channels per class; too few localizer images for FDR",
+}
+
+
+def headline(folder: Path) -> dict[str, str]:
+    """The values the manuscript prints about this analysis, read back from its results."""
+    ds = load_result(folder, "virtual_tms.nc")
+    inter = load_result(folder, "interaction.nc")
+    cats = [str(c) for c in ds["category"].values]
+    rows = [[str(cond)] + [f"{fmt(ds['accuracy'].sel(condition=cond, category=c))} "
+                           f"[{fmt(ds['ci_low'].sel(condition=cond, category=c))}, {fmt(ds['ci_high'].sel(condition=cond, category=c))}]"
+                           for c in cats] for cond in ds["condition"].values]
+    values = {
+        "tms_layer": str(ds.attrs["lesion_alias"] or ds.attrs["lesion_layer"]),
+        "tms_layer_choice": str(ds.attrs["layer_choice"]),
+        "tms_n_face": fmt_int(ds.attrs["n_face_units"]),
+        "tms_n_place": fmt_int(ds.attrs["n_place_units"]),
+        "tms_n_overlap": fmt_int(ds.attrs["n_overlap"]),
+        "tms_n_channels": fmt_int(ds.attrs["n_channels"]),
+        "tms_selection": _SELECTIONS[str(ds.attrs["selection"])](ds.attrs),
+        "tms_amplitude": fmt(ds.attrs["tms_amplitude"], 1),
+        "tms_n_localizer": fmt_int(ds.attrs["n_localizer_images"]),
+        "tms_n_test": fmt_int(ds["n_pairs"].sel(condition="intact").sum()),
+        "tms_cat_a": cats[0],
+        "tms_cat_b": cats[1],
+        "tms_intact_a": fmt(ds["accuracy"].sel(condition="intact", category=cats[0])),
+        "tms_intact_b": fmt(ds["accuracy"].sel(condition="intact", category=cats[1])),
+        "tms_table": md_table(["condition", *(f"{c} pairs: accuracy [CI]" for c in cats)], rows),
+        "fig_tms": figure(folder, "virtual_tms.png"),
+    }
+    for manipulation, key in (("knockout", "ko"), ("tms", "noise")):
+        r = inter.sel(manipulation=manipulation)
+        values.update({
+            f"tms_{key}_dod": fmt(r["dod"]),
+            f"tms_{key}_dod_ci": f"[{fmt(r['dod_ci_low'])}, {fmt(r['dod_ci_high'])}]",
+            f"tms_{key}_p_perm": fmt_p(r["p_permutation"]),
+            f"tms_{key}_p_logit": fmt_p(r["p_logit"]),
+        })
+    values["tms_n_perm"] = fmt_int(inter.attrs["n_perm"])
+    values["tms_ci"] = fmt(100 * float(ds.attrs["ci"]), 0)
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label} interaction: DoD={float(res['dod']):.3f} [{float(res['dod_ci_low']):.3f}, {float(res['dod_ci_high']):.3f}] "
               f"p_perm={float(res['p_permutation']):.4g} p_logit={float(res['p_logit']):.4g}")
     print(f"readout C={readout.C}, train accuracy {readout.train_accuracy:.3f}; {time.time() - t0:.0f} s")
+    write_headline(out, headline)
     return 0
 
 

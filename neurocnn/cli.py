@@ -69,7 +69,7 @@ def _cmd_rsa(args: argparse.Namespace) -> int:
     for layer in r.layer.values:
         row = r.sel(layer=layer)
         sys.stdout.write(
-            f"  {layer:10s} {float(row.observed):6.3f}  [{float(row.ci_lower):6.3f}, {float(row.ci_upper):6.3f}]"
+            f"  {layer:10s} {float(row.observed):6.3f}  [{float(row.ci_low):6.3f}, {float(row.ci_high):6.3f}]"
             f"  p(below lower ceiling) = {float(row.p_layer_vs_lower_ceiling):.3f}\n"
         )
     sys.stdout.write(f"wrote {args.out}\n")
@@ -116,7 +116,6 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 
     from . import io
     from .attribution import attribute
-    from .plotting import save_figure
     from .subject import VirtualSubject
 
     out = Path(args.out)
@@ -130,29 +129,49 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_analysis(args: argparse.Namespace) -> int:
+def _checkout() -> Path:
+    """The source checkout that holds ``analyses/`` and ``paper/`` (from the working directory up, else beside the package)."""
+    from .exceptions import MissingFileError
+
+    here = Path.cwd().resolve()
+    for root in (here, *here.parents, Path(__file__).resolve().parents[1]):
+        if (root / "analyses").is_dir() and (root / "paper" / "build.py").is_file():
+            return root
+    raise MissingFileError(
+        "analyses/ and paper/ live in a source checkout of neurocnn, not in the installed package; "
+        "run this command inside a clone of the repository (git clone ...; pip install -e .)."
+    )
+
+
+def _run_script(script: Path, argv: list[str]) -> int:
     import runpy
 
-    from .paper import REPO, list_analyses
-    from ._validation import check_option
-
-    name = check_option("analysis", args.name, list_analyses(REPO))
-    script = REPO / "analyses" / f"{name}.py"
-    sys.argv = [str(script), *args.args]
+    saved = sys.argv, list(sys.path)
+    sys.argv = [str(script), *argv]
+    sys.path.insert(0, str(script.parent))
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    finally:
+        sys.argv, sys.path[:] = saved
     return 0
+
+
+def _cmd_analysis(args: argparse.Namespace) -> int:
+    from ._validation import check_option
+
+    root = _checkout()
+    names = sorted(p.stem for p in (root / "analyses").glob("*.py") if not p.name.startswith("_"))
+    name = check_option("analysis", args.name, names)
+    return _run_script(root / "analyses" / f"{name}.py", list(args.args))
 
 
 def _cmd_paper(args: argparse.Namespace) -> int:
-    from .paper import build_paper
-
-    pdf = build_paper(args.out, quick=args.quick, skip_analyses=args.skip_analyses, only=args.only or None,
-                      benchmarks=args.benchmarks, seed=args.seed)
-    sys.stdout.write(f"wrote {pdf}\n")
-    return 0
+    argv = ["--out", str(args.out), "--seed", str(args.seed)]
+    argv += ["--quick"] * args.quick + ["--skip-analyses"] * args.skip_analyses + ["--benchmarks"] * args.benchmarks
+    argv += ["--only", *args.only] if args.only else []
+    return _run_script(_checkout() / "paper" / "build.py", argv)
 
 
 def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "efficientnet_lite0") -> None:
@@ -243,7 +262,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="script name without .py")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script (--out, --quick, ...)")
 
-    p = sub.add_parser("paper", help="run every analysis and build the manuscript PDF")
+    p = sub.add_parser("paper", help="run every analysis and build the manuscript PDF (source checkout; needs neurocnn[paper])")
     p.add_argument("--out", type=Path, default=Path("out") / "paper")
     p.add_argument("--quick", action="store_true", help="small, fast analyses")
     p.add_argument("--skip-analyses", action="store_true", help="reuse the analyses' outputs in --out")

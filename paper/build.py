@@ -4,7 +4,7 @@
 
 Outputs in --out: one folder and one log per analysis, run_times.nc (wall times),
 manuscript.md (filled template) and manuscript.pdf. Every number of the text is read
-from the analyses' netCDF files (see neurocnn/paper.py). Data files come from the
+from the headline.json file each analysis writes (see paper/builder.py). Data files come from the
 package's data manifests: set NEUROCNN_MIRROR to a local mirror (e.g. ../shared) when
 offline.
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from neurocnn.exceptions import NeurocnnError
-from neurocnn.paper import build_paper
+from builder import build_paper
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import csv
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import xarray as xr
 from scipy.stats import false_discovery_control
 from torch import nn
 
-from neurocnn import models, rdm
+from neurocnn import models, rsa
 
 SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "model_comparison.py"
 
@@ -49,7 +50,7 @@ def test_compare_networks_against_direct_computation(mc):
         network=("layer", ["good"] * 2 + ["bad"] * 3), alias=("layer", ["a", "b", "a", "b", "c"]),
         relative_depth=("layer", [0.0, 1.0, 0.0, 0.5, 1.0]))
     result = mc.compare_networks(layers, brain, n_bootstrap=200, seed=3, progress=False)
-    direct = rdm.compare_rdms(layers.drop_vars(["network", "alias", "relative_depth"]), brain, method="tau_a")
+    direct = rsa.compare_rdms(layers.drop_vars(["network", "alias", "relative_depth"]), brain, method="tau_a")
     per_layer = direct.mean(direct.dims[1]).values  # mean over subjects, as the bootstrap evaluates
     np.testing.assert_allclose(result.observed.values, per_layer, rtol=1e-10)
     assert result.best_layer.sel(network="good").item() == "a"
@@ -98,8 +99,10 @@ def test_script_runs_registered_models_on_a_user_rdm_set(mc, tmp_path, mirror):
     assert result.sizes["layer"] == 2 * 2  # --quick: every second layer and the last
     assert result.layer_rdm.shape == (4, 46, 46) and result.brain_rdm.sizes["subject"] == 3
     assert str(tmp_path / "user.npy") in result.attrs["brain_rdms"]
-    headline = json.loads((out / "headline.json").read_text())
-    assert [row["rank"] for row in headline["table"]] == [1, 2]
-    assert {row["network"] for row in headline["table"]} == set(names)
+    headline = json.loads((out / "headline.json").read_text())["values"]
+    table = list(csv.DictReader((out / "table.csv").read_text().splitlines()))
+    assert [int(row["rank"]) for row in table] == [1, 2]
+    assert {row["network"] for row in table} == set(names)
+    assert headline["mc_models"] == ", ".join(names) and headline["fig_mc"] == "out/model_comparison.png"
     assert (out / "model_comparison.png").stat().st_size > 10_000
     assert "pairwise" in (out / "table.md").read_text()

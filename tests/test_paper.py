@@ -16,10 +16,34 @@ import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
-from neurocnn import paper  # noqa: E402
 from neurocnn.exceptions import AnalysisFailedError, MissingFileError  # noqa: E402
 
-TEMPLATE = paper.REPO / "paper" / "manuscript.md.in"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_script(path: Path):
+    import importlib.util
+
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"_paper_test_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+paper = _load_script(REPO / "paper" / "builder.py")
+TEMPLATE = REPO / "paper" / "manuscript.md.in"
+#: The analyses whose headline values the manuscript template uses.
+TEMPLATE_ANALYSES = ("layers_vs_hit", "searchlight_demo", "haxby_searchlight", "receptive_fields", "virtual_tms",
+                     "ko_sweeps", "feature_visualization")
+
+
+def _headlines(out: Path, names=TEMPLATE_ANALYSES) -> Path:
+    """Write each analysis' headline.json from its (fake) results, as the script does at its end."""
+    common = _load_script(REPO / "analyses" / "_common.py")
+    for name in names:
+        common.write_headline(out / name, _load_script(REPO / "analyses" / f"{name}.py").headline)
+    return out
 LAYERS = ["stem", "stage4", "head"]
 
 
@@ -36,8 +60,8 @@ def _layers_vs_hit(folder: Path) -> None:
     ds = xr.Dataset(
         {
             "observed": (("comparison", "layer"), obs),
-            "ci_lower": (("comparison", "layer"), obs - 0.04),
-            "ci_upper": (("comparison", "layer"), obs + 0.04),
+            "ci_low": (("comparison", "layer"), obs - 0.04),
+            "ci_high": (("comparison", "layer"), obs + 0.04),
             "p_layer_vs_lower_ceiling": (("comparison", "layer"), [[0.0001, 0.2, 0.01], [0.0, 0.3, 0.02]]),
             "noise_ceiling": (("comparison", "bound"), [[0.351, 0.432], [0.5, 0.6]]),
             "brain_rdm": (("subject", "stimulus", "stimulus2"), np.zeros((4, 5, 5))),
@@ -65,7 +89,7 @@ def _searchlight(n: int, layers: list[str]) -> xr.Dataset:
 
 def _fake_results(out: Path, extra: tuple[str, ...] = ()) -> Path:
     """A results folder with every analysis' files, shaped like the real scripts' outputs."""
-    names = list(paper.EXTRACTORS) + list(extra)
+    names = list(TEMPLATE_ANALYSES) + list(extra)
     for name in names:
         (out / name).mkdir(parents=True)
     _layers_vs_hit(out / "layers_vs_hit")
@@ -127,13 +151,14 @@ def _fake_results(out: Path, extra: tuple[str, ...] = ()) -> Path:
         _png(fv / f"{name}.png")
     for name in extra:
         _png(out / name / "panel.png")
+        (out / name / "headline.json").write_text('{"analysis": "%s", "values": {"x_value": "1"}}' % name)
 
     zeros = np.zeros(len(names), dtype=np.int64)
     times = xr.Dataset({"wall_time_s": ("analysis", np.arange(1.0, len(names) + 1)), "returncode": ("analysis", zeros),
                         "quick": ("analysis", zeros + 1), "seed": ("analysis", zeros)},
                        coords={"analysis": names})
     nc.io.save(times, out / "run_times.nc")
-    return out
+    return _headlines(out)
 
 
 @pytest.fixture
@@ -200,25 +225,34 @@ def test_mixed_run_modes_are_reported(results: Path) -> None:
 def test_missing_result_file_fails_naming_the_analysis(results: Path) -> None:
     (results / "ko_sweeps" / "ko_sweeps.nc").unlink()
     with pytest.raises(AnalysisFailedError, match=r"'ko_sweeps' left no ko_sweeps\.nc"):
-        paper.collect_values(results)
+        _headlines(results, ["ko_sweeps"])
 
 
 def test_missing_figure_fails_naming_the_analysis(results: Path) -> None:
     (results / "virtual_tms" / "virtual_tms.png").unlink()
     with pytest.raises(AnalysisFailedError, match="'virtual_tms' left no figure virtual_tms.png"):
+        _headlines(results, ["virtual_tms"])
+
+
+def test_missing_headline_file_fails_naming_the_analysis(results: Path) -> None:
+    (results / "ko_sweeps" / "headline.json").unlink()
+    with pytest.raises(AnalysisFailedError, match=r"'ko_sweeps' left no headline\.json"):
         paper.collect_values(results)
 
 
 def test_analysis_not_run_fails(results: Path) -> None:
-    with pytest.raises(AnalysisFailedError, match="feature_visualization"):
-        paper.collect_values(results, names=[n for n in paper.EXTRACTORS if n != "feature_visualization"])
+    names = [n for n in TEMPLATE_ANALYSES if n != "feature_visualization"]
+    with pytest.raises(AnalysisFailedError, match="fv_"):
+        paper.fill_template(TEMPLATE.read_text(), paper.collect_values(results, names=names))
 
 
 def test_unknown_analysis_figures_and_benchmarks_are_included(tmp_path: Path) -> None:
     out = _fake_results(tmp_path / "out", extra=("meg_curves",))
     (out / "benchmarks").mkdir()
     (out / "benchmarks" / "rsa.txt").write_text("case | neurocnn | rsatoolbox\nrdm | 0.10 s | 2.00 s\n")
-    text = paper.fill_template(TEMPLATE.read_text(), paper.collect_values(out))
+    template = TEMPLATE.read_text()
+    fields = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", template)
+    text = paper.fill_template(template, paper.collect_values(out, fields=fields))
     assert "## Other analyses" in text and "(meg_curves/panel.png)" in text
     assert "```\ncase | neurocnn | rsatoolbox\nrdm | 0.10 s | 2.00 s\n```" in text
 
@@ -278,7 +312,7 @@ def test_result_without_a_needed_attribute_fails_naming_the_analysis(results: Pa
     ds.attrs.pop("classified_as")
     nc.io.save(ds, path, overwrite=True)
     with pytest.raises(AnalysisFailedError, match="'feature_visualization'.*lack 'classified_as'"):
-        paper.collect_values(results)
+        _headlines(results, ["feature_visualization"])
 
 
 def test_benchmark_tables_come_from_stdout_and_failures_name_the_script(tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
-"""Build the neurocnn manuscript from the analyses' results.
+"""Build the neurocnn manuscript from the analyses' results (lives with the paper, in a checkout).
 
 :func:`build_paper` runs every ``analyses/*.py`` script into ``<out>/<name>/`` (one
-subprocess each, wall time logged), reads their netCDF results with
-:func:`neurocnn.io.load`, fills the manuscript template (``paper/manuscript.md.in``,
-``${placeholder}`` fields only: every number of the text comes from the results) and
-renders ``manuscript.md`` and ``manuscript.pdf`` (reportlab) into ``out``.
+subprocess each, wall time logged), reads the headline values each analysis wrote
+(``<out>/<name>/headline.json``: ``{"analysis": name, "values": {field: text}}``), fills
+the manuscript template (``paper/manuscript.md.in``, ``${field}`` placeholders only:
+every number of the text comes from the results) and renders ``manuscript.md`` and
+``manuscript.pdf`` into ``out``. The PDF needs reportlab (``pip install "neurocnn[paper]"``).
+The builder knows no analysis by name: a new analysis script is run, and its fields
+fill the template or, unused, its figures are listed under "Other analyses".
 
 A script that fails, or a result file an analysis did not write, stops the build
 with :class:`~neurocnn.exceptions.AnalysisFailedError` naming the analysis.
@@ -20,19 +23,20 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from . import io
-from .exceptions import AnalysisFailedError, MissingFileError
+from neurocnn import io
+from neurocnn.exceptions import AnalysisFailedError, MissingFileError
 
 __all__ = [
     "REPO",
     "ALPHA",
-    "EXTRACTORS",
+    "HEADLINE",
     "BENCHMARK_ARGS",
     "list_analyses",
     "run_analyses",
@@ -60,8 +64,10 @@ BENCHMARK_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 _TAIL_LINES = 15
-#: Significance level of the counts reported in the text (layers at the ceiling, FWE voxels).
+#: Significance level printed in the text (the analyses count significant results at it).
 ALPHA = 0.05
+#: The file of headline values each analysis writes into its output folder.
+HEADLINE = "headline.json"
 
 
 # ------------------------------------------------------------------ running scripts
@@ -226,273 +232,35 @@ def run_benchmarks(
     return outputs
 
 
-# ------------------------------------------------------------------ number formatting
+# ------------------------------------------------------------------ values
 def _f(x: float, digits: int = 3) -> str:
-    x = float(x)
-    return "n/a" if not np.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _p(x: float) -> str:
-    x = float(x)
-    if not np.isfinite(x):
-        return "n/a"
-    return "< 0.001" if x < 0.001 else f"{x:.3f}"
-
-
-def _int(x) -> str:
-    return str(int(x))
+    return f"{float(x):.{digits}f}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def _load(folder: Path, file: str) -> xr.Dataset:
     path = folder / file
     if not path.exists():
+        raise AnalysisFailedError(f"No {file} in {folder}; run the analyses first (paper/build.py without --skip-analyses).")
+    return io.load(path)
+
+
+def _headline(folder: Path) -> dict[str, str]:
+    path = folder / HEADLINE
+    if not path.is_file():
         raise AnalysisFailedError(
-            f"Analysis {folder.name!r} left no {file} in {folder}; run analyses/{folder.name}.py "
-            f"(see {folder.parent / (folder.name + '.log')} if the build ran it)."
+            f"Analysis {folder.name!r} left no {HEADLINE} in {folder}; run analyses/{folder.name}.py "
+            f"with this version of neurocnn (see {folder.parent / (folder.name + '.log')} if the build ran it)."
         )
-    data = io.load(path)
-    return data.to_dataset(name=data.name or "value") if isinstance(data, xr.DataArray) else data
-
-
-def _figure(folder: Path, file: str) -> str:
-    if not (folder / file).is_file():
-        raise AnalysisFailedError(f"Analysis {folder.name!r} left no figure {file} in {folder}.")
-    return f"{folder.name}/{file}"
-
-
-def _short_sha(attrs: dict) -> str:
-    return str(attrs.get("weights_sha256", attrs.get("model_weights_sha256", "")))[:12] or "n/a"
-
-
-# ------------------------------------------------------------------ per-analysis values
-def _layers_vs_hit(folder: Path) -> dict[str, str]:
-    ds = _load(folder, "layers_vs_hit.nc")
-    tau = ds.sel(comparison="tau_a")
-    rho = ds.sel(comparison="spearman")
-    layers = [str(v) for v in ds["layer"].values]
-    best = layers[int(np.nanargmax(tau["observed"].values))]
-    rows = [[name, _f(tau["observed"].sel(layer=name)),
-             f"[{_f(tau['ci_lower'].sel(layer=name))}, {_f(tau['ci_upper'].sel(layer=name))}]",
-             _p(tau["p_layer_vs_lower_ceiling"].sel(layer=name)), _f(rho["observed"].sel(layer=name))]
-            for name in layers]
-    nc_tau = tau["noise_ceiling"]
-    n_reach = int((tau["p_layer_vs_lower_ceiling"].values >= ALPHA).sum())
-    ci_name = f"{_f(100 * float(ds.attrs['ci']), 0)}% CI" if "ci" in ds.attrs else "bootstrap CI"
-    return {
-        "hit_model": str(ds.attrs["model"]),
-        "hit_weights": _short_sha(ds.attrs),
-        "hit_n_stimuli": _int(ds.sizes["stimulus"]),
-        "hit_n_subjects": _int(ds.sizes["subject"]),
-        "hit_n_layers": _int(len(layers)),
-        "hit_n_bootstrap": _int(ds.attrs["n_bootstrap"]),
-        "hit_bootstrap_over": str(ds.attrs["bootstrap_over"]),
-        "hit_rdm_metric": str(ds.attrs["rdm_metric"]),
-        "hit_best_layer": best,
-        "hit_best_tau": _f(tau["observed"].sel(layer=best)),
-        "hit_best_ci": f"[{_f(tau['ci_lower'].sel(layer=best))}, {_f(tau['ci_upper'].sel(layer=best))}]",
-        "hit_best_rho": _f(rho["observed"].sel(layer=best)),
-        "hit_nc_lower": _f(nc_tau.sel(bound="lower")),
-        "hit_nc_upper": _f(nc_tau.sel(bound="upper")),
-        "hit_nc_rho_lower": _f(rho["noise_ceiling"].sel(bound="lower")),
-        "hit_nc_rho_upper": _f(rho["noise_ceiling"].sel(bound="upper")),
-        "hit_n_reach_ceiling": _int(n_reach),
-        "hit_first_layer": layers[0],
-        "hit_first_tau": _f(tau["observed"].sel(layer=layers[0])),
-        "hit_table": _table(["layer", "τ_A", ci_name, "p (layer < lower ceiling)", "Spearman ρ"], rows),
-        "fig_hit_tau": _figure(folder, "layers_vs_hit_tau_a.png"),
-        "fig_hit_rdms": _figure(folder, "rdms.png"),
-    }
-
-
-def _peak(corr: xr.DataArray) -> tuple[float, tuple[float, float, float]]:
-    v = int(np.nanargmax(corr.values))
-    return float(corr.values[v]), (float(corr.x[v]), float(corr.y[v]), float(corr.z[v]))
-
-
-def _searchlight_demo(folder: Path) -> dict[str, str]:
-    ds = _load(folder, "searchlight.nc")
-    rows = []
-    for name in ds["layer"].values:
-        c = ds["correlation"].sel(layer=name)
-        rho, (x, y, z) = _peak(c)
-        rows.append([str(name), _f(rho), f"({x:.0f}, {y:.0f}, {z:.0f})", _f(np.nanmean(c.values))])
-    return {
-        "sl_data": str(ds.attrs["data"]),
-        "sl_model": str(ds.attrs.get("model", ds.attrs.get("model_model", ""))),
-        "sl_n_centres": _int(ds.attrs["n_centres"]),
-        "sl_radius": _f(ds.attrs["radius_mm"], 1),
-        "sl_n_stimuli": _int(ds.attrs["n_stimuli"]),
-        "sl_method": str(ds.attrs["method"]),
-        "sl_n_layers": _int(ds.sizes["layer"]),
-        "sl_table": _table(["layer", "peak ρ", "peak (MNI mm)", "mean ρ over mask"], rows),
-        "fig_sl": _figure(folder, "searchlight_overview.png"),
-    }
-
-
-def _haxby_searchlight(folder: Path) -> dict[str, str]:
-    ds = _load(folder, "haxby_searchlight.nc")
-    rows = []
-    for name in ds["layer"].values:
-        c, p = ds["correlation"].sel(layer=name), ds["p_fwe"].sel(layer=name)
-        rho, (x, y, _) = _peak(c)
-        rows.append([str(name), _f(rho), f"({x:.1f}, {y:.1f})", _f(np.nanmean(c.values)),
-                     _int((p.values < ALPHA).sum()), _p(np.nanmin(p.values))])
-    return {
-        "hx_data": str(ds.attrs["data"]),
-        "hx_n_centres": _int(ds.attrs["n_centres"]),
-        "hx_radius": _f(ds.attrs["radius_mm"], 1),
-        "hx_n_categories": _int(ds.attrs["n_stimuli"]),
-        "hx_n_permutations": _int(ds.attrs["n_permutations"]),
-        "hx_lag": _int(ds.attrs["lag_volumes"]),
-        "hx_table": _table(["model RDM", "peak ρ", "peak (mm)", "mean ρ", f"voxels p_FWE < {ALPHA}", "min p_FWE"], rows),
-        "fig_hx": _figure(folder, "haxby_searchlight.png"),
-    }
-
-
-def _receptive_fields(folder: Path) -> dict[str, str]:
-    ds = _load(folder, "rf_sizes.nc")
-    rows = [[str(name), _f(ds["theoretical_size"].sel(layer=name), 0),
-             f"{_f(ds['empirical_mean'].sel(layer=name), 1)} ± {_f(ds['empirical_std'].sel(layer=name), 1)}",
-             _f(ds["empirical_median"].sel(layer=name), 1), _int(ds["n_units"].sel(layer=name))]
-            for name in ds["layer"].values]
-    ratio = ds["empirical_mean"] / ds["theoretical_size"]
-    finite = np.isfinite(ratio.values)
-    deepest = str(ds["layer"].values[-1])
-    measured = np.isfinite(ds["empirical_mean"].values)
-    return {
-        "rf_n_layers": _int(ds.sizes["layer"]),
-        "rf_window": _int(ds.attrs["window"]),
-        "rf_stride": _int(ds.attrs["stride"]),
-        "rf_top_k": _int(ds.attrs["top_k"]),
-        "rf_fill": str(ds.attrs["fill"]),
-        "rf_threshold": _f(ds.attrs["threshold"], 2),
-        "rf_ratio_min": _f(np.min(ratio.values[finite]), 2) if finite.any() else "n/a",
-        "rf_ratio_max": _f(np.max(ratio.values[finite]), 2) if finite.any() else "n/a",
-        "rf_deepest": deepest,
-        "rf_n_measured": _int(measured.sum()),
-        "rf_n_smaller": _int((ds["empirical_mean"].values[measured] < ds["theoretical_size"].values[measured]).sum()),
-        "rf_table": _table(["layer", "theoretical (px)", "empirical mean ± sd (px)", "median (px)", "units"], rows),
-        "fig_rf_sizes": _figure(folder, "rf_sizes.png"),
-        "fig_rf_maps": _figure(folder, f"rfs_{deepest}.png"),
-    }
-
-
-_SELECTIONS: dict[str, Callable[[dict], str]] = {
-    "fdr": lambda attrs: f"Welch t, Benjamini-Hochberg FDR at q = {_f(attrs['q'], 2)}",
-    "top_n": lambda attrs: "the top-n most selective channels per class; too few localizer images for FDR",
-}
-
-
-def _virtual_tms(folder: Path) -> dict[str, str]:
-    ds = _load(folder, "virtual_tms.nc")
-    inter = _load(folder, "interaction.nc")
-    cats = [str(c) for c in ds["category"].values]
-    rows = [[str(cond)] + [f"{_f(ds['accuracy'].sel(condition=cond, category=c))} "
-                           f"[{_f(ds['ci_low'].sel(condition=cond, category=c))}, {_f(ds['ci_high'].sel(condition=cond, category=c))}]"
-                           for c in cats] for cond in ds["condition"].values]
-    values = {
-        "tms_layer": str(ds.attrs["lesion_alias"] or ds.attrs["lesion_layer"]),
-        "tms_layer_choice": str(ds.attrs["layer_choice"]),
-        "tms_n_face": _int(ds.attrs["n_face_units"]),
-        "tms_n_place": _int(ds.attrs["n_place_units"]),
-        "tms_n_overlap": _int(ds.attrs["n_overlap"]),
-        "tms_n_channels": _int(ds.attrs["n_channels"]),
-        "tms_selection": _SELECTIONS[str(ds.attrs["selection"])](ds.attrs),
-        "tms_amplitude": _f(ds.attrs["tms_amplitude"], 1),
-        "tms_n_localizer": _int(ds.attrs["n_localizer_images"]),
-        "tms_n_test": _int(ds["n_pairs"].sel(condition="intact").sum()),
-        "tms_cat_a": cats[0],
-        "tms_cat_b": cats[1],
-        "tms_intact_a": _f(ds["accuracy"].sel(condition="intact", category=cats[0])),
-        "tms_intact_b": _f(ds["accuracy"].sel(condition="intact", category=cats[1])),
-        "tms_table": _table(["condition", *(f"{c} pairs: accuracy [CI]" for c in cats)], rows),
-        "fig_tms": _figure(folder, "virtual_tms.png"),
-    }
-    for manipulation, key in (("knockout", "ko"), ("tms", "noise")):
-        r = inter.sel(manipulation=manipulation)
-        values.update({
-            f"tms_{key}_dod": _f(r["dod"]),
-            f"tms_{key}_dod_ci": f"[{_f(r['dod_ci_low'])}, {_f(r['dod_ci_high'])}]",
-            f"tms_{key}_p_perm": _p(r["p_permutation"]),
-            f"tms_{key}_p_logit": _p(r["p_logit"]),
-        })
-    values["tms_n_perm"] = _int(inter.attrs["n_perm"])
-    values["tms_ci"] = _f(100 * float(ds.attrs["ci"]), 0)
-    return values
-
-
-def _ko_sweeps(folder: Path) -> dict[str, str]:
-    ds = _load(folder, "ko_sweeps.nc").mean("repeat")
-    fractions = [float(f) for f in ds["fraction"].values]
-    rows = []
-    for layer in ds["layer"].values:
-        for kind in ds["kind"].values:
-            pair = ds["pair_accuracy"].sel(layer=layer, kind=kind).values
-            top1 = ds["top1_agreement"].sel(layer=layer, kind=kind).values
-            rows.append([str(layer), str(kind), *(f"{_f(a, 2)} / {_f(b, 2)}" for a, b in zip(pair, top1))])
-    full = ds.sel(fraction=max(fractions))
-    node_full = full["pair_accuracy"].sel(kind="node")
-    return {
-        "ko_n_layers": _int(ds.sizes["layer"]),
-        "ko_layers": ", ".join(str(v) for v in ds["layer"].values),
-        "ko_fractions": ", ".join(_f(f, 2) for f in fractions),
-        "ko_n_train": _int(ds.attrs["n_train_pairs"]),
-        "ko_n_test": _int(ds.attrs["n_test_pairs"]),
-        "ko_chance": _f(ds["pair_accuracy"].attrs["chance"], 2) if "chance" in ds["pair_accuracy"].attrs else "n/a",
-        "ko_intact": _f(ds["pair_accuracy"].sel(fraction=min(fractions)).mean(), 3),
-        "ko_full_node_min": _f(node_full.min(), 3),
-        "ko_full_node_max": _f(node_full.max(), 3),
-        "ko_table": _table(["layer", "KO", *(f"fraction {_f(f, 2)}" for f in fractions)], rows),
-        "fig_ko": _figure(folder, "ko_sweeps.png"),
-    }
-
-
-def _feature_visualization(folder: Path) -> dict[str, str]:
-    klass = _load(folder, "maximize_class.nc")
-    maps = sorted(folder.glob("activation_maps_*.png"))
-    tops = sorted(folder.glob("top9_*.png"))
-    if not maps or not tops:
-        raise AnalysisFailedError(f"Analysis 'feature_visualization' left no activation-map or top-9 figure in {folder}.")
-    unit_files = sorted(folder.glob("maximize_*_ch*.nc"))
-    roles = sorted({str(io.load(p).attrs["role"]) for p in unit_files})
-    top = _load(folder, tops[0].with_suffix(".nc").name)
-    return {
-        "fv_mid_layer": maps[0].stem[len("activation_maps_"):],
-        "fv_n_units": _int(len(unit_files)),
-        "fv_roles": ", ".join(roles),
-        "fv_class": str(klass.attrs["target"]),
-        "fv_initial": _f(klass.attrs["initial_activation"], 2),
-        "fv_final": _f(klass.attrs["final_activation"], 2),
-        "fv_classified_as": str(klass.attrs["classified_as"]),
-        "fv_classified_p": _f(klass.attrs["classified_probability"], 3),
-        "fv_steps": _int(klass.attrs["steps"]),
-        "fv_top_k": _int(top.sizes["rank"]),
-        "fig_fv_filters": _figure(folder, "filters.png"),
-        "fig_fv_maps": _figure(folder, maps[0].name),
-        "fig_fv_top": _figure(folder, tops[0].name),
-        "fig_fv_maximize": _figure(folder, "maximize.png"),
-        "fig_fv_dream": _figure(folder, "deepdream.png"),
-        "fig_fv_attr": _figure(folder, "attributions.png"),
-    }
-
-
-#: Analysis name -> function(folder) -> template values. An analysis script without an
-#: entry here is still run, and its figures are listed under "Other analyses".
-EXTRACTORS: dict[str, Callable[[Path], dict[str, str]]] = {
-    "layers_vs_hit": _layers_vs_hit,
-    "searchlight_demo": _searchlight_demo,
-    "haxby_searchlight": _haxby_searchlight,
-    "receptive_fields": _receptive_fields,
-    "virtual_tms": _virtual_tms,
-    "ko_sweeps": _ko_sweeps,
-    "feature_visualization": _feature_visualization,
-}
+    try:
+        values = json.loads(path.read_text())["values"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise AnalysisFailedError(f"{path} is not a headline file ({err}); re-run analyses/{folder.name}.py.") from err
+    return {str(k): str(v) for k, v in values.items()}
 
 
 _RUN_MODES = {
@@ -539,15 +307,18 @@ def _benchmark_values(out: Path) -> dict[str, str]:
                                       for p in files)}
 
 
-def collect_values(out: str | Path, names: Sequence[str] | None = None) -> dict[str, str]:
-    """Read the analyses' netCDF results under ``out`` and return the template's values.
+def collect_values(out: str | Path, names: Sequence[str] | None = None, *, fields: Sequence[str] = ()) -> dict[str, str]:
+    """Read the analyses' headline values under ``out`` and return the template's values.
 
     Parameters
     ----------
     out : str or Path
-        Build folder holding ``<name>/`` per analysis and ``run_times.nc``.
+        Build folder holding ``<name>/headline.json`` per analysis and ``run_times.nc``.
     names : sequence of str, optional
         Analyses to read (default: those in ``run_times.nc``).
+    fields : sequence of str
+        The template's fields: analyses none of whose values is one of them are listed,
+        with their figures, under ``other_analyses``.
 
     Returns
     -------
@@ -557,8 +328,8 @@ def collect_values(out: str | Path, names: Sequence[str] | None = None) -> dict[
     Raises
     ------
     AnalysisFailedError
-        If an analysis's folder, result file or figure is missing, or the run recorded
-        in ``run_times.nc`` failed (names the analysis).
+        If an analysis's folder or headline file is missing, two analyses give the same
+        field, or the run recorded in ``run_times.nc`` failed (names the analysis).
 
     Examples
     --------
@@ -569,23 +340,23 @@ def collect_values(out: str | Path, names: Sequence[str] | None = None) -> dict[
     out = Path(out)
     values = {**_run_values(out), "alpha": _f(ALPHA, 2)}
     names = list(names) if names is not None else [str(n) for n in _load(out, "run_times.nc")["analysis"].values]
-    missing = [n for n in EXTRACTORS if n not in names]
-    if missing:
-        raise AnalysisFailedError(f"The manuscript needs the analyses {missing}, which this build did not run.")
+    owner: dict[str, str] = {}
+    others = []
     for name in names:
         if not (out / name).is_dir():
             raise AnalysisFailedError(f"Analysis {name!r} has no output folder {out / name}.")
-    for name, extract in EXTRACTORS.items():
-        try:
-            values.update(extract(out / name))
-        except KeyError as err:
-            raise AnalysisFailedError(f"The results of analysis {name!r} in {out / name} lack {err}; "
-                                      f"re-run analyses/{name}.py with this version of neurocnn.") from err
-    values["other_analyses"] = _other_analyses(out, [n for n in names if n not in EXTRACTORS])
+        found = _headline(out / name)
+        twice = sorted(k for k in found if k in owner)
+        if twice:
+            raise AnalysisFailedError(f"Analyses {name!r} and {owner[twice[0]]!r} both give the fields {twice}.")
+        owner.update(dict.fromkeys(found, name))
+        values.update(found)
+        if fields and not set(found) & set(fields):
+            others.append(name)
+    values["other_analyses"] = _other_analyses(out, others)
     values.update(_benchmark_values(out))
-    model = values["hit_model"]
-    values["model"] = model
-    values["weights"] = values["hit_weights"]
+    values.setdefault("model", values.get("hit_model", "n/a"))
+    values.setdefault("weights", values.get("hit_weights", "n/a"))
     return values
 
 
@@ -710,7 +481,7 @@ def build_paper(
 
     Examples
     --------
-    >>> from neurocnn.paper import build_paper  # doctest: +SKIP
+    >>> from builder import build_paper  # doctest: +SKIP
     >>> build_paper("out/paper", quick=True)  # doctest: +SKIP
     """
     out, repo = Path(out), Path(repo)
@@ -722,7 +493,9 @@ def build_paper(
         run_analyses(out, repo=repo, names=only, quick=quick, seed=seed)
     if benchmarks:
         run_benchmarks(out, repo=repo, quick=quick)
-    text = fill_template(template.read_text(), collect_values(out))
+    text = template.read_text()
+    fields = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
+    text = fill_template(text, collect_values(out, fields=fields))
     (out / "manuscript.md").write_text(text)
     pdf = markdown_to_pdf(text, out / "manuscript.pdf", base_dir=out, title="neurocnn")
     logger.info("wrote %s", pdf)
@@ -855,11 +628,15 @@ def markdown_to_pdf(markdown: str, pdf: str | Path, *, base_dir: str | Path, tit
     >>> markdown_to_pdf(open("out/paper/manuscript.md").read(), "x.pdf", base_dir="out/paper")  # doctest: +SKIP
     PosixPath('x.pdf')
     """
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.units import cm
-    from reportlab.platypus import Paragraph, SimpleDocTemplate
-
-    from .exceptions import MissingFileError
+    try:
+        from reportlab.lib.pagesizes import A4
+        from reportlab.lib.units import cm
+        from reportlab.platypus import Paragraph, SimpleDocTemplate
+    except ImportError as err:
+        raise MissingFileError(
+            "The manuscript PDF needs reportlab: pip install 'neurocnn[paper]' (manuscript.md is written "
+            "without it)."
+        ) from err
 
     _register_fonts()
     styles = _styles()
