@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a user RDM stack (.npy/.npz/.mat, one RDM per subject) on the stimuli's order")
     parser.add_argument("--brain-variable", default=None, help="variable of --brain-rdms holding the RDMs")
     parser.add_argument("--stimuli", default="92images", help="stimuli shown to the networks (default 92images)")
+    parser.set_defaults(model=None)  # here the default is every real-weights network, not one
     args = parser.parse_args(argv)
     requested = args.models or ([args.model] if args.model else None)
     if args.weights != "pretrained" and (requested is None or len(requested) != 1):
