@@ -146,7 +146,11 @@ def compare_networks(layer_rdms: xr.DataArray, brain_rdms: xr.DataArray, *, n_bo
         },
         coords={"network": networks, "network2": networks, "sample": boot.sample.values},
     )
-    return xr.merge([boot.drop_vars(["noise_ceiling_samples"]), table], combine_attrs="override")
+    plain = {
+        "layer_rdm": layer_rdms.drop_vars([c for c in layer_rdms.coords if c not in layer_rdms.dims]),
+        "brain_rdm": subject_rdms.drop_vars([c for c in subject_rdms.coords if c not in subject_rdms.dims]),
+    }
+    return xr.merge([boot.drop_vars(["noise_ceiling_samples"]), table], combine_attrs="override").assign(plain)
 
 
 def table_rows(result: xr.Dataset) -> list[dict]:
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a user RDM stack (.npy/.npz/.mat, one RDM per subject) on the stimuli's order")
     parser.add_argument("--brain-variable", default=None, help="variable of --brain-rdms holding the RDMs")
     parser.add_argument("--stimuli", default="92images", help="stimuli shown to the networks (default 92images)")
+    parser.set_defaults(model=None)  # here the default is every real-weights network, not one
     args = parser.parse_args(argv)
     requested = args.models or ([args.model] if args.model else None)
     if args.weights != "pretrained" and (requested is None or len(requested) != 1):
@@ -262,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         "rdm_metric": "correlation", "method": METHOD, "bootstrap_over": "both", "n_bootstrap": int(n_bootstrap),
         "n_valid": int(result.attrs.get("n_valid", n_bootstrap)), "ci": float(result.attrs.get("ci", 0.95)),
         "best_layer_selection": "argmax of the layers' tau-a, re-selected in every bootstrap sample",
-        "p_values": "two-sided bootstrap p of equal best-layer scores; q: Benjamini-Hochberg over all pairs",
+        "p_values": "two-sided bootstrap p of equal best-layer scores; q: Benjamini-Hochberg over all pairs; "
+                    "p_network_vs_lower_ceiling: one-sided, small = significantly below the lower ceiling",
+        "ceiling_normalized": "best-layer tau-a / lower noise ceiling",
         "n_stimuli": int(len(stimuli)), "quick": int(args.quick), "seed": int(args.seed), "neurocnn_version": version(),
     }
     io.save(result, out / OUTPUTS[0], overwrite=args.overwrite)

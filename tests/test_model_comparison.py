@@ -97,6 +97,7 @@ def test_script_runs_registered_models_on_a_user_rdm_set(mc, tmp_path, mirror):
     assert list(result.attrs["models"]) == names
     assert result.attrs["n_stimuli"] == 46 and result.attrs["seed"] == 5
     assert result.sizes["layer"] == 2 * 2  # --quick: every second layer and the last
+    assert result.layer_rdm.shape == (4, 46, 46) and result.brain_rdm.sizes["subject"] == 3
     assert str(tmp_path / "user.npy") in result.attrs["brain_rdms"]
     headline = json.loads((out / "headline.json").read_text())["values"]
     table = list(csv.DictReader((out / "table.csv").read_text().splitlines()))
@@ -105,3 +106,20 @@ def test_script_runs_registered_models_on_a_user_rdm_set(mc, tmp_path, mirror):
     assert headline["mc_models"] == ", ".join(names) and headline["fig_mc"] == "out/model_comparison.png"
     assert (out / "model_comparison.png").stat().st_size > 10_000
     assert "pairwise" in (out / "table.md").read_text()
+
+
+def test_default_is_every_real_network(mc, tmp_path, monkeypatch):
+    seen = []
+
+    def stop(names, *args, **kwargs):
+        seen.extend(names)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mc, "network_rdms", stop)
+    with pytest.raises(KeyboardInterrupt):
+        mc.main(["--quick", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert seen[:4] == list(mc.REAL_NETWORKS)
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        mc.main(["--model", "mobilenet_v2", "--quick", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert seen == ["mobilenet_v2"]

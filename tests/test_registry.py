@@ -139,3 +139,22 @@ def test_cli_imports_a_users_models_file(cleanup, tmp_path, capsys):
     assert main(["--import", str(tmp_path / "nope.py"), "models"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["--import", "no_such_module_xyz", "models"]) == 2
+
+
+def test_entry_point_plugins_are_registered_on_first_use(cleanup, monkeypatch):
+    import importlib.metadata
+    import sys
+    import types
+
+    plugin = types.ModuleType("neurocnn_fake_plugin")
+    plugin.specs = lambda: [models.ModelSpec(name="plugin_net", builder=_tiny, description="from a plugin")]
+    monkeypatch.setitem(sys.modules, "neurocnn_fake_plugin", plugin)
+    good = importlib.metadata.EntryPoint(name="fake", value="neurocnn_fake_plugin:specs", group="neurocnn.models")
+    monkeypatch.setattr(models.importlib.metadata, "entry_points", lambda group: [good])
+    monkeypatch.setattr(models, "_plugins_loaded", False)
+    assert models.get_spec("plugin_net").description == "from a plugin"
+    missing = importlib.metadata.EntryPoint(name="gone", value="no_such_plugin_xyz:specs", group="neurocnn.models")
+    monkeypatch.setattr(models.importlib.metadata, "entry_points", lambda group: [missing])
+    monkeypatch.setattr(models, "_plugins_loaded", False)
+    with pytest.raises(RegistrationError, match="'gone'.*failed to load"):
+        models.list_models()
