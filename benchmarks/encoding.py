@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     BACKEND["name"] = args.backend
     if args.threads is not None:
+        import himalaya.kernel_ridge  # noqa: F401  (load every BLAS first: limits apply to loaded ones)
+        import scipy.linalg  # noqa: F401
+        import sklearn.linear_model  # noqa: F401
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(args.threads)

@@ -129,6 +129,18 @@ def test_torch_backend_equals_numpy():
     np.testing.assert_allclose(a.r2.values, b.r2.values, atol=1e-6)
 
 
+@pytest.mark.gpu
+def test_torch_cuda_backend_equals_numpy():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    _, _, feat, resp = _data()
+    a = encoding.fit_encoding(feat, resp, alphas=ALPHAS, progress=False)
+    b = encoding.fit_encoding(feat, resp, alphas=ALPHAS, device="cuda", progress=False)
+    assert b.attrs["backend"] == "torch_cuda"
+    np.testing.assert_allclose(a.r2.values, b.r2.values, atol=1e-5)
+
+
 def _planted_layers(n=80, seed=0, snr=4.0):
     rng = np.random.default_rng(seed)
     layers = {name: rng.standard_normal((n, 30)) for name in ("early", "middle", "late")}
@@ -253,6 +265,8 @@ def test_nifti_round_trip_and_map(tmp_path):
     data = np.asarray(back.get_fdata())
     np.testing.assert_allclose(data[tuple(inside.T)], result.r2[0].values)
     assert float(result.r2.mean()) > 0.3
+    direct = encoding.fit_encoding(feat, img, mask=mask_img, progress=False)  # volumes in the features' order
+    assert direct.sizes["voxel"] == mask.sum() and float(direct.r2.mean()) > 0.3
     fig = encoding.plot_encoding_map(result, mask_img, var="r2")
     assert fig.axes
     with pytest.raises(UnknownNameError):

@@ -262,6 +262,8 @@ def fit_encoding(
     keep_predictions: bool = False,
     backend: Literal["numpy", "torch", "torch_cuda"] | None = None,
     device: str | None = None,
+    mask: Any = None,
+    stimulus_ids: Sequence[str] | None = None,
     block_bytes: int = 2**28,
     seed: int = 0,
     progress: bool = True,
@@ -285,7 +287,8 @@ def fit_encoding(
         ``stimulus`` x one target dim (``voxel``, ``neuron``, ``sensor``, ...), optionally
         with a ``repeat`` (or ``run``) dim of repeated measurements (averaged for the
         fit, used for the noise ceiling). Stimuli are matched to the features by id and
-        reordered; unknown ids are refused. See :func:`responses_from_nifti`.
+        reordered; unknown ids are refused. Or a 4D NIfTI (path or image) with ``mask``
+        (see :func:`responses_from_nifti`).
     alphas : sequence of float, optional
         Ridge penalties. Default: :data:`DEFAULT_ALPHAS` times the mean eigenvalue of
         each training fold's centered kernel (scale-free).
@@ -319,6 +322,11 @@ def fit_encoding(
         himalaya backend (default numpy; ``torch_cuda`` when ``device`` is CUDA).
     device : str, optional
         ``"cpu"`` or ``"cuda"``.
+    mask : path or Nifti1Image, optional
+        With a 4D NIfTI ``responses``: the voxels to fit (targets).
+    stimulus_ids : sequence of str, optional
+        With a 4D NIfTI ``responses``: the stimulus of each volume (default: the
+        features' stimuli, in order).
     block_bytes : int
         Memory bound of one feature block while building kernels.
     seed : int
@@ -360,6 +368,13 @@ def fit_encoding(
     alphas = _check_alphas(alphas)
     n_iter = check_positive_int("n_iter", n_iter)
     layers = as_layers(features)
+    if mask is not None:
+        from .maps import responses_from_nifti
+
+        ids = stimulus_ids if stimulus_ids is not None else layers[0].ids
+        if ids is None:
+            ids = [f"stimulus{i}" for i in range(layers[0].data.shape[0])]
+        responses = responses_from_nifti(responses, mask, stimulus_ids=ids)
     resp = as_responses(responses, groups=groups)
     frows, rrows = align(layers, resp)
     Y = resp.data[rrows]
