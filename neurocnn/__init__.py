@@ -32,7 +32,7 @@ _EXPORTS = {
     "load": "io",
 }
 _SUBMODULES = (
-    "attribution", "cli", "datasets", "exceptions", "io", "lesions", "models", "plotting",
+    "attribution", "cli", "clusters", "datasets", "exceptions", "io", "lesions", "models", "plotting",
     "rdm", "receptive_fields", "searchlight", "stimuli", "subject", "tasks", "visualization",
 )
 

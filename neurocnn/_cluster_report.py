@@ -80,7 +80,7 @@ def nearest_atlas_label(coords_mm: Any, atlas: str = "dosenbach_2010") -> tuple[
     --------
     >>> labels, d = nearest_atlas_label([[6, 64, 3]])
     >>> labels[0], float(d[0])
-    ('vmPFC (default)', 0.0)
+    ('vmPFC 1 (default)', 0.0)
     """
     check_option("atlas", atlas, ATLASES)
     xyz = np.atleast_2d(np.asarray(coords_mm, np.float64))
@@ -207,7 +207,11 @@ def cluster_table(result: xr.Dataset, *, correction: str = "cluster_mass", alpha
             labels, dist = nearest_atlas_label([[r["peak_x"], r["peak_y"], r["peak_z"]] for r in rows], atlas)
             for r, lab, d in zip(rows, labels, dist):
                 r["atlas_label"], r["atlas_distance_mm"] = lab, float(d)
-    df = pd.DataFrame(rows)
+    base = ["layer", "correction", "size", "mass", "p_fwe", "significant", "peak_statistic"]
+    extra = (["start", "stop", "peak_time"] if time else
+             ["peak_x", "peak_y", "peak_z", "peak_i", "peak_j", "peak_k", "volume_mm3"]
+             + (["atlas_label", "atlas_distance_mm"] if atlas is not None else []))
+    df = pd.DataFrame(rows, columns=base + extra)
     if len(df):
         df = df.sort_values(["layer", "p_fwe", "size"], ascending=[True, True, False]).reset_index(drop=True)
     return df

@@ -397,14 +397,14 @@ def _run_batch(job: _Job, start: int, stop: int) -> dict[str, np.ndarray]:
             exceed[valid] = (null >= out[valid][:, None, :] - 1e-12).sum(1)
             result["exceed"] = exceed
             if job.keep_null:
-                full = np.full((stop - start,) + null.shape[1:], np.nan, np.float32)
+                full = np.full((stop - start,) + null.shape[1:], np.nan)
                 full[valid] = null
                 result["null"] = full
     if job.Bperm is not None and "null_max" not in result:
         result["null_max"] = np.full((job.Bperm.shape[0] // L, L), -np.inf)
         result["exceed"] = np.zeros((stop - start, L))
         if job.keep_null:
-            result["null"] = np.full((stop - start, job.Bperm.shape[0] // L, L), np.nan, np.float32)
+            result["null"] = np.full((stop - start, job.Bperm.shape[0] // L, L), np.nan)
     return result
 
 
@@ -601,9 +601,9 @@ def searchlight(
         Seed of the permutations (recorded in attrs).
     return_null : bool
         One subject with ``n_permutations``: also return every permutation's map as
-        ``null_correlation`` (permutation, layer, voxel), float32, for cluster-level
+        ``null_correlation`` (permutation, layer, voxel), float64, for cluster-level
         inference (:func:`neurocnn.clusters.searchlight_cluster_test`). Memory:
-        ``4 * n_permutations * n_layers * n_centres`` bytes.
+        ``8 * n_permutations * n_layers * n_centres`` bytes.
 
     Returns
     -------
