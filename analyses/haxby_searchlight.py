@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
 from _common import make_parser, output_dir  # noqa: E402
-from neurocnn import clusters, searchlight  # noqa: E402
+from neurocnn import clusters, datasets, rsa, searchlight  # noqa: E402
 
 CATEGORIES = ("face", "house", "shoe", "cat", "scissors", "scrambledpix", "bottle", "chair")
 OBJECTS = {c: "object" for c in ("shoe", "scissors", "bottle", "chair")}
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = output_dir(args)
 
-    vol = searchlight.haxby_category_patterns(lag=args.lag, categories=CATEGORIES)
-    models = searchlight.category_model_rdms(CATEGORIES, MODELS)
+    vol = datasets.haxby_category_patterns(lag=args.lag, categories=CATEGORIES)
+    models = rsa.category_model_rdms(CATEGORIES, MODELS)
     n_perm = 200 if args.quick else 5000
     t0 = time.perf_counter()
-    res = searchlight.searchlight(vol.img, models, vol.mask, radius=args.radius, min_voxels=5,
+    res = searchlight.searchlight(vol.img, models, mask=vol.mask, radius=args.radius, min_voxels=5,
                                   stimulus_ids=vol.stimulus_ids, n_permutations=n_perm,
                                   seed=args.seed, progress=args.progress, return_null=True)
     t1 = time.perf_counter()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import make_parser, make_subject, output_dir  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
-from neurocnn import rdm  # noqa: E402
+from neurocnn import rsa  # noqa: E402
 
 TIMES = np.round(np.arange(-0.1, 0.5001, 0.01), 3)  # s, 10 ms steps as in Cichy et al.
 
@@ -64,7 +64,7 @@ def plot_curves(result: xr.Dataset):
     for color, layer in zip(colors, result.layer.values):
         r = result.sel(layer=layer)
         ax.plot(t_ms, r.correlation, color=color, label=f"{layer} ({1000 * float(r.peak_latency):.0f} ms)")
-        ax.fill_between(t_ms, r.ci_lower, r.ci_upper, color=color, alpha=0.2, lw=0)
+        ax.fill_between(t_ms, r.ci_low, r.ci_high, color=color, alpha=0.2, lw=0)
     ax.axvline(0, color="k", lw=0.5)
     ax.set_xlabel("time from stimulus onset (ms)")
     ax.set_ylabel(f"{result.attrs['method']} with MEG RDMs")
@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     subject = make_subject(args)
     layers = subject.default_layers[::2] if args.quick else subject.default_layers
     acts = subject.activations("92images", layers, progress=args.progress)
-    layer_rdms = rdm.compute_rdm(acts, "correlation")
+    layer_rdms = rsa.compute_rdm(acts, "correlation")
     if args.meg is not None:
         times = np.load(args.times) if args.times is not None else None
-        meg = rdm.load_meg_rdms(args.meg, times, stimulus_ids=layer_rdms["stimulus"].values)
+        meg = rsa.load_meg_rdms(args.meg, times=times, stimulus_ids=layer_rdms["stimulus"].values)
     else:
         meg = simulate_meg(layer_rdms, n_subjects=4 if args.quick else 8, noise=args.noise, seed=args.seed)
-    result = rdm.meg_layer_time_correlation(
+    result = rsa.meg_layer_time_correlation(
         layer_rdms, meg, method="spearman", n_bootstrap=50 if args.quick else args.n_bootstrap,
         seed=args.seed, progress=args.progress,
     )
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for layer in result.layer.values:
         r = result.sel(layer=layer)
         print(f"{layer:>8}: peak {1000 * float(r.peak_latency):4.0f} ms "
-              f"[{1000 * float(r.peak_latency_ci_lower):.0f}, {1000 * float(r.peak_latency_ci_upper):.0f}]")
+              f"[{1000 * float(r.peak_latency_ci_low):.0f}, {1000 * float(r.peak_latency_ci_high):.0f}]")
     return 0
 
 

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
 from _common import make_parser, make_subject, output_dir  # noqa: E402
-from neurocnn import rdm, searchlight  # noqa: E402
+from neurocnn import rsa, searchlight  # noqa: E402
 
 #: planted sphere centres (MNI mm) from posterior (early layers) to anterior (late layers)
 VENTRAL_STREAM = ((0.0, -92.0, 2.0), (-22.0, -84.0, -8.0), (-36.0, -66.0, -14.0), (38.0, -52.0, -18.0))
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     subject = make_subject(args)
     layers = pick_layers(list(subject.default_layers), 2 if args.quick else 4)
     acts = subject.activations("92images", layers, progress=args.progress)
-    layer_rdms = rdm.compute_rdm(acts, "correlation")
+    layer_rdms = rsa.compute_rdm(acts, "correlation")
 
     if args.nifti is not None:
         ids = (np.loadtxt(args.ids, dtype=str, ndmin=1) if args.ids is not None
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in regions:
             print(f"planted {r['layer']:>8} at MNI {r['center']} (radius {r['radius']} mm)")
 
-    res = searchlight.searchlight(img, layer_rdms, mask, radius=args.radius, stimulus_ids=ids,
+    res = searchlight.searchlight(img, layer_rdms, mask=mask, radius=args.radius, stimulus_ids=ids,
                                   progress=args.progress, n_permutations=args.permutations,
                                   seed=args.seed)
     res.attrs.update(data=source, model=str(layer_rdms.attrs.get("model", "")))

@@ -31,7 +31,7 @@ import torch
 
 os.environ.setdefault("NEUROCNN_MIRROR", str(Path(__file__).resolve().parents[2] / "shared"))
 
-from neurocnn import rdm  # noqa: E402
+from neurocnn import datasets, rsa  # noqa: E402
 
 
 Timing = tuple[float, float]  # (wall s, CPU s of this process, all threads)
@@ -56,10 +56,10 @@ def case_rdm(n: int, units: int, repeats: int) -> Row:
     from rsatoolbox.rdm import calc_rdm
 
     x = np.random.default_rng(0).normal(size=(n, units)).astype(np.float32)
-    ours = best_of(lambda: rdm.compute_rdm(x, "correlation"), repeats)
+    ours = best_of(lambda: rsa.compute_rdm(x, "correlation"), repeats)
     ds = Dataset(x.astype(np.float64))
     ref = best_of(lambda: calc_rdm(ds, method="correlation"), 1)
-    got = rdm.compute_rdm(x, "correlation").values[np.triu_indices(n, 1)]
+    got = rsa.compute_rdm(x, "correlation").values[np.triu_indices(n, 1)]
     err = np.abs(got - calc_rdm(ds, method="correlation").get_vectors()[0]).max()
     return f"correlation RDM {n} x {units} units", ours, ref, f"max |diff| {err:.1e}"
 
@@ -71,9 +71,9 @@ def case_compare(n: int, k: int, repeats: int) -> Row:
     p = n * (n - 1) // 2
     base = rng.random(p)
     a, b = base + rng.random((k, p)), base + rng.random((k, p))
-    ours = best_of(lambda: rdm.compare_rdms(a, b, "spearman"), repeats)
+    ours = best_of(lambda: rsa.compare_rdms(a, b, method="spearman"), repeats)
     ref = best_of(lambda: compare(RDMs(a), RDMs(b), "spearman"), 1)
-    err = np.abs(rdm.compare_rdms(a, b, "spearman").values - compare(RDMs(a), RDMs(b), "spearman")).max()
+    err = np.abs(rsa.compare_rdms(a, b, method="spearman").values - compare(RDMs(a), RDMs(b), "spearman")).max()
     return f"spearman compare {k} x {k} RDMs, {n} stimuli", ours, ref, f"max |diff| {err:.1e}"
 
 
@@ -82,12 +82,12 @@ def case_bootstrap(n_boot: int, n_ref: int) -> Row:
     from rsatoolbox.model import ModelFixed
     from rsatoolbox.rdm import RDMs
 
-    brain = rdm.load_92images_brain_rdms()
-    models = rdm.load_92images_reference_rdms().isel(rdm=slice(2, 10))
+    brain = datasets.load_92images_brain_rdms()
+    models = datasets.load_92images_reference_rdms().isel(rdm=slice(2, 10))
     box: dict[str, object] = {}
 
     def ours_fn() -> None:
-        box["ours"] = rdm.bootstrap_rdm_comparison(models, brain, "spearman", n_bootstrap=n_boot,
+        box["ours"] = rsa.bootstrap_rdm_comparison(models, brain, method="spearman", n_bootstrap=n_boot,
                                                    seed=0, progress=False)
 
     ours = best_of(ours_fn, 1)
@@ -118,13 +118,13 @@ def case_tau_bootstrap(n_boot: int, n_ref: int) -> list[Row]:
     from rsatoolbox.model import ModelFixed
     from rsatoolbox.rdm import RDMs
 
-    brain = rdm.load_92images_brain_rdms().groupby("subject").mean()
-    models = rdm.load_92images_reference_rdms()
+    brain = datasets.load_92images_brain_rdms().groupby("subject").mean()
+    models = datasets.load_92images_reference_rdms()
     box: dict[str, object] = {}
 
     def ours_fn(over: str) -> Callable[[], None]:
         def run() -> None:
-            box[over] = rdm.bootstrap_rdm_comparison(models, brain, "tau_a", n_bootstrap=n_boot,
+            box[over] = rsa.bootstrap_rdm_comparison(models, brain, method="tau_a", n_bootstrap=n_boot,
                                                      over=over, seed=0, progress=False)
         return run
 

@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 from scipy.spatial.distance import pdist, squareform
 
+from neurocnn import datasets
 from neurocnn import searchlight as sl
 
 N_STIM = 92
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
           "sphere radius 3 voxels (6 mm, < 3 voxels)")
 
     t = time.perf_counter()
-    ours = sl.searchlight(vol.img, rdms, vol.mask, radius=5.9, min_voxels=1, progress=False)
+    ours = sl.searchlight(vol.img, rdms, mask=vol.mask, radius=5.9, min_voxels=1, progress=False)
     t_ours = time.perf_counter() - t
 
     centers, theirs, times = rsatoolbox_searchlight(data, mask, rdms)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up: {t_theirs / t_ours:.1f}x   max |neurocnn - rsatoolbox| over {len(centers)} "
           f"centres x {N_LAYERS} layers: {diff:.2e}")
 
-    mni = sl.mni_brain_mask()
+    mni = datasets.mni_brain_mask()
     n_brain = int(np.asarray(mni.dataobj).sum())
     estimate = n_brain / (n_centres / t_ours)
     print(f"\nwhole brain: {n_brain} centres in the MNI152 2 mm mask; estimate from the box "
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         brain = sl.simulate_volume(rdms, [{"layer": "layer0", "center": (0, -84, 4), "radius": 10}], seed=0)
         t_sim = time.perf_counter() - t
         t = time.perf_counter()
-        whole = sl.searchlight(brain.img, rdms, brain.mask, radius=6.0, progress=False)
+        whole = sl.searchlight(brain.img, rdms, mask=brain.mask, radius=6.0, progress=False)
         t_whole = time.perf_counter() - t
         print(f"whole-brain run (radius 6 mm, {whole.sizes['voxel']} centres, {N_STIM} stimuli, "
               f"{N_LAYERS} layers): {t_whole:.1f} s (+ {t_sim:.1f} s to simulate the volume)")

@@ -33,8 +33,9 @@ _EXPORTS = {
 }
 _SUBMODULES = (
     "attribution", "cli", "clusters", "datasets", "exceptions", "io", "lesions", "models", "plotting",
-    "rdm", "receptive_fields", "searchlight", "stimuli", "subject", "tasks", "visualization",
+    "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks", "visualization",
 )
+_DEPRECATED = ("rdm",)  # 0.1 name of rsa; importable, not exported
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 
@@ -42,6 +43,6 @@ __all__ = [*_EXPORTS, *_SUBMODULES]
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or name in _DEPRECATED:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'neurocnn' has no attribute {name!r}")

@@ -67,3 +67,18 @@ def check_finite(name: str, array: np.ndarray) -> np.ndarray:
             "Remove or impute them before calling this function."
         )
     return array
+
+
+def default_ids(n: int) -> np.ndarray:
+    """The one default-id rule: stimuli without ids are named by position, ``"0"``, ``"1"`` ...
+
+    Parameters
+    ----------
+    n : int
+        Number of stimuli.
+
+    Returns
+    -------
+    ndarray of str
+    """
+    return np.arange(n).astype(str)

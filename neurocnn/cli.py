@@ -69,7 +69,7 @@ def _cmd_rsa(args: argparse.Namespace) -> int:
     for layer in r.layer.values:
         row = r.sel(layer=layer)
         sys.stdout.write(
-            f"  {layer:10s} {float(row.observed):6.3f}  [{float(row.ci_lower):6.3f}, {float(row.ci_upper):6.3f}]"
+            f"  {layer:10s} {float(row.observed):6.3f}  [{float(row.ci_low):6.3f}, {float(row.ci_high):6.3f}]"
             f"  p(below lower ceiling) = {float(row.p_layer_vs_lower_ceiling):.3f}\n"
         )
     sys.stdout.write(f"wrote {args.out}\n")
@@ -116,7 +116,6 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 
     from . import io
     from .attribution import attribute
-    from .plotting import save_figure
     from .subject import VirtualSubject
 
     out = Path(args.out)

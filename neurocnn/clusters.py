@@ -454,7 +454,7 @@ def time_cluster_test(
     ----------
     curves : xr.DataArray or ndarray
         Dims ``(subject, [layer,] time)`` (e.g. per-subject
-        ``neurocnn.rdm.meg_layer_time_correlation`` curves), or an array
+        ``neurocnn.rsa.meg_layer_time_correlation`` curves), or an array
         ``(subject, time)`` / ``(subject, layer, time)``.
     times : sequence of float, optional
         Time of each sample for array input (default: sample index).

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import io, rdm
+from . import datasets, io, rsa
 from .plotting import save_figure
 from .subject import VirtualSubject, version
 
@@ -55,7 +55,7 @@ def layers_vs_brain(
     layers : sequence of str, optional
         Layers (default: the subject's default layers).
     methods : sequence of str
-        RDM comparison methods (see :func:`neurocnn.rdm.compare_rdms`).
+        RDM comparison methods (see :func:`neurocnn.rsa.compare_rdms`).
     metric : str
         RDM dissimilarity of the layers.
     n_bootstrap : int
@@ -74,19 +74,19 @@ def layers_vs_brain(
     xarray.Dataset
         ``layer_rdm`` (layer, stimulus, stimulus2), ``brain_rdm`` (subject, stimulus,
         stimulus2) and, with a ``comparison`` dim (the comparison methods), the bootstrap summaries of
-        :func:`neurocnn.rdm.bootstrap_rdm_comparison` (``observed``, ``mean``, ``sd``,
-        ``ci_lower``, ``ci_upper``, ``noise_ceiling``, ``p_layer_vs_lower_ceiling``,
+        :func:`neurocnn.rsa.bootstrap_rdm_comparison` (``observed``, ``mean``, ``sd``,
+        ``ci_low``, ``ci_high``, ``noise_ceiling``, ``p_layer_vs_lower_ceiling``,
         ``p_layer_vs_layer``, ...). attrs: provenance of the network and the analysis.
     """
     layers = list(layers or subject.default_layers)
     acts = subject.activations(stimuli, layers, batch_size=batch_size, progress=progress)
-    layer_rdms = rdm.compute_rdm(acts, metric=metric)
+    layer_rdms = rsa.compute_rdm(acts, metric=metric)
     if brain_rdms is None:
-        brain_rdms = rdm.load_92images_brain_rdms()
+        brain_rdms = datasets.load_92images_brain_rdms()
     subject_rdms = brain_rdms.groupby("subject").mean()
     results = []
     for method in methods:
-        boot = rdm.bootstrap_rdm_comparison(
+        boot = rsa.bootstrap_rdm_comparison(
             layer_rdms, subject_rdms, method=method, n_bootstrap=n_bootstrap, over=over,
             seed=seed, progress=progress,
         )
@@ -137,7 +137,7 @@ def plot_layers_vs_brain(result: xr.Dataset, method: str = "tau_a", *, ax=None):
     ax.axhspan(lower, upper, color="0.85", zorder=0)
     below = r.p_layer_vs_lower_ceiling.values < 0.05
     colors = np.where(below, "#9ecae1", "#08519c")
-    err = np.vstack([r.observed - r.ci_lower, r.ci_upper - r.observed])
+    err = np.vstack([r.observed - r.ci_low, r.ci_high - r.observed])
     ax.bar(x, r.observed.values, yerr=err, color=colors, capsize=2, zorder=2)
     ax.set_xticks(x, layers, rotation=45, ha="right")
     label = {"tau_a": "Kendall $\\tau_A$", "spearman": "Spearman $\\rho$"}.get(method, method)

@@ -13,9 +13,9 @@ import numpy as np
 import xarray as xr
 
 from ._validation import check_option
-from .exceptions import MissingFileError, OverwriteError
+from .exceptions import MissingFileError, OverwriteError, ShapeMismatchError
 
-__all__ = ["save", "load", "check_writable", "clean_attrs"]
+__all__ = ["save", "load", "check_writable", "clean_attrs", "read_mat", "load_nifti"]
 
 _FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "zarr"}
 
@@ -146,3 +146,67 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> xr.DataArray | xr.Da
         da.attrs = dict(ds.attrs)
         return da
     return ds
+
+
+def read_mat(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a MATLAB ``.mat`` file into a dict of variables.
+
+    Structs become objects with attribute access (``s.RDM``), singleton dimensions are
+    squeezed (``scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)``).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file.
+
+    Returns
+    -------
+    dict
+        Variable name -> value (MATLAB's ``__header__`` entries included).
+
+    Raises
+    ------
+    MissingFileError
+        The file does not exist.
+    """
+    import scipy.io
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{str(path)!r} does not exist.")
+    return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+
+
+def load_nifti(image: Any, what: str = "image") -> Any:
+    """A NIfTI path or a nibabel image -> the nibabel image.
+
+    Parameters
+    ----------
+    image : str, PathLike or nibabel image
+        What to load.
+    what : str
+        The argument's name, for error messages.
+
+    Returns
+    -------
+    nibabel.spatialimages.SpatialImage
+
+    Raises
+    ------
+    MissingFileError
+        The file does not exist.
+    ShapeMismatchError
+        ``image`` is neither a path nor a nibabel image.
+    """
+    import nibabel as nib
+
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.exists():
+            raise MissingFileError(f"{what}: file {str(path)!r} does not exist.")
+        return nib.load(path)
+    if isinstance(image, nib.spatialimages.SpatialImage):
+        return image
+    raise ShapeMismatchError(
+        f"{what} must be a NIfTI path or a nibabel image, got {type(image).__name__}."
+    )

@@ -278,7 +278,7 @@ def _layers_vs_hit(folder: Path) -> dict[str, str]:
     layers = [str(v) for v in ds["layer"].values]
     best = layers[int(np.nanargmax(tau["observed"].values))]
     rows = [[name, _f(tau["observed"].sel(layer=name)),
-             f"[{_f(tau['ci_lower'].sel(layer=name))}, {_f(tau['ci_upper'].sel(layer=name))}]",
+             f"[{_f(tau['ci_low'].sel(layer=name))}, {_f(tau['ci_high'].sel(layer=name))}]",
              _p(tau["p_layer_vs_lower_ceiling"].sel(layer=name)), _f(rho["observed"].sel(layer=name))]
             for name in layers]
     nc_tau = tau["noise_ceiling"]
@@ -295,7 +295,7 @@ def _layers_vs_hit(folder: Path) -> dict[str, str]:
         "hit_rdm_metric": str(ds.attrs["rdm_metric"]),
         "hit_best_layer": best,
         "hit_best_tau": _f(tau["observed"].sel(layer=best)),
-        "hit_best_ci": f"[{_f(tau['ci_lower'].sel(layer=best))}, {_f(tau['ci_upper'].sel(layer=best))}]",
+        "hit_best_ci": f"[{_f(tau['ci_low'].sel(layer=best))}, {_f(tau['ci_high'].sel(layer=best))}]",
         "hit_best_rho": _f(rho["observed"].sel(layer=best)),
         "hit_nc_lower": _f(nc_tau.sel(bound="lower")),
         "hit_nc_upper": _f(nc_tau.sel(bound="upper")),

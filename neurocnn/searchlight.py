@@ -12,7 +12,7 @@ per-sphere Gram matrices from one batched matrix product (``X_S^T X_S`` for all
 spheres at once, torch/BLAS), the RDMs of the whole batch follow from the Gram matrices
 (correlation, cosine, Euclidean), and all centres x all layers are compared in one
 matrix product of rank-transformed, z-scored vectors (other comparison methods go
-through :func:`neurocnn.rdm.compare_rdms`'s implementation). Batches can be spread over
+through :func:`neurocnn.rsa.compare_rdms`'s implementation). Batches can be spread over
 a dask cluster (``client=``).
 
 Significance: with several subjects a one-sample sign-flip test of the subject maps (their
@@ -20,7 +20,6 @@ mean), with one subject a permutation of the model RDMs' stimulus labels; FWE
 correction by the maximum statistic over voxels, per layer.
 
 Also here: :func:`simulate_volume` (plant RDMs into spheres on the MNI 2 mm grid),
-:func:`haxby_category_patterns` (per-run category patterns of Haxby et al. 2001),
 NIfTI output (:func:`to_nifti`, :func:`save_maps`) and nilearn plots
 (:func:`plot_searchlight`).
 """
@@ -41,12 +40,14 @@ import scipy.stats
 import torch
 import xarray as xr
 
-from . import rdm as _rdm
-from ._version import version
 from ._validation import check_option, check_positive_int
-from .io import clean_attrs
+from ._version import version
+from .datasets import mni_brain_mask
+from .exceptions import InvalidDataError, ShapeMismatchError
+from .io import clean_attrs, load_nifti
+from .rsa import COMPARE_METHODS, compare_rdms
+from .rsa._stack import _as_stack, _to_square
 from .scale import map_tasks
-from .exceptions import InvalidDataError, MissingFileError, ShapeMismatchError
 
 __all__ = [
     "SEARCHLIGHT_METRICS",
@@ -57,9 +58,6 @@ __all__ = [
     "save_maps",
     "plot_searchlight",
     "simulate_volume",
-    "haxby_category_patterns",
-    "category_model_rdms",
-    "mni_brain_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,7 +68,6 @@ NanPolicy = Literal["drop", "raise"]
 
 _BATCH_BYTES = 64 * 2**20  # float64 gathered sphere data per batch
 _TAU_SUBBATCH_ELEMENTS = 2**25
-_HAXBY_LABELS = ("rest", "face", "house", "shoe", "cat", "scissors", "scrambledpix", "bottle", "chair")
 
 
 class Volume(NamedTuple):
@@ -82,23 +79,10 @@ class Volume(NamedTuple):
 
 
 # ------------------------------------------------------------------------ input
-def _load_img(x: Any, what: str) -> nib.spatialimages.SpatialImage:
-    if isinstance(x, (str, os.PathLike)):
-        path = pathlib.Path(x)
-        if not path.exists():
-            raise MissingFileError(f"{what}: file {str(path)!r} does not exist.")
-        return nib.load(path)
-    if isinstance(x, nib.spatialimages.SpatialImage):
-        return x
-    raise ShapeMismatchError(
-        f"{what} must be a NIfTI path or a nibabel image, got {type(x).__name__}."
-    )
-
-
 def _subject_volume(brain: Any, what: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """A 4-D image or a list of 3-D images -> (data (x, y, z, n) float32, affine, shape)."""
     if isinstance(brain, (list, tuple)):
-        imgs = [_load_img(b, f"{what}[{i}]") for i, b in enumerate(brain)]
+        imgs = [load_nifti(b, f"{what}[{i}]") for i, b in enumerate(brain)]
         if not imgs:
             raise ShapeMismatchError(f"{what} is an empty list of images.")
         ref = imgs[0]
@@ -116,7 +100,7 @@ def _subject_volume(brain: Any, what: str) -> tuple[np.ndarray, np.ndarray, tupl
                 )
         data = np.stack([np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3]) for img in imgs], -1)
         return data, np.asarray(ref.affine, dtype=np.float64), tuple(ref.shape[:3])
-    img = _load_img(brain, what)
+    img = load_nifti(brain, what)
     if img.ndim != 4:
         raise ShapeMismatchError(
             f"{what} has shape {img.shape}; expected a 4-D image (x, y, z, stimulus) or a list "
@@ -124,37 +108,6 @@ def _subject_volume(brain: Any, what: str) -> tuple[np.ndarray, np.ndarray, tupl
         )
     data = np.asarray(img.dataobj, dtype=np.float32)
     return data, np.asarray(img.affine, dtype=np.float64), tuple(img.shape[:3])
-
-
-def mni_brain_mask(reference: nib.spatialimages.SpatialImage | None = None) -> nib.Nifti1Image:
-    """nilearn's MNI152 brain mask (2 mm), resampled to ``reference``'s grid if given.
-
-    Parameters
-    ----------
-    reference : nibabel image, optional
-        Image whose grid (first three dims and affine) the mask is resampled to
-        (nearest neighbour).
-
-    Returns
-    -------
-    nibabel.Nifti1Image
-        Binary mask (uint8).
-
-    Examples
-    --------
-    >>> mask = mni_brain_mask()  # doctest: +SKIP
-    >>> mask.shape
-    (99, 117, 95)
-    """
-    from nilearn import datasets, image
-
-    mask = datasets.load_mni152_brain_mask(resolution=2)
-    if reference is not None:
-        target = nib.Nifti1Image(np.zeros(reference.shape[:3], np.uint8), reference.affine)
-        mask = image.resample_to_img(mask, target, interpolation="nearest",
-                                     force_resample=True, copy_header=True)
-    data = (np.asarray(mask.dataobj) > 0).astype(np.uint8)
-    return nib.Nifti1Image(data, mask.affine)
 
 
 def _mask_array(mask: Any, shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarray, str]:
@@ -172,7 +125,7 @@ def _mask_array(mask: Any, shape: tuple[int, int, int], affine: np.ndarray) -> t
         if arr.shape != shape:
             raise ShapeMismatchError(f"mask has shape {arr.shape}, data {shape}.")
     else:
-        img = _load_img(mask, "mask")
+        img = load_nifti(mask, "mask")
         source = str(mask) if isinstance(mask, (str, os.PathLike)) else "image"
         if tuple(img.shape[:3]) != shape or (img.ndim == 4 and img.shape[3] != 1) or img.ndim > 4:
             raise ShapeMismatchError(
@@ -332,7 +285,7 @@ def _compare(A: np.ndarray, B: np.ndarray, Bprep: np.ndarray | None, method: str
         step = max(1, _TAU_SUBBATCH_ELEMENTS // (A.shape[1] ** 2))
     Bd = xr.DataArray(B, dims=("model", "pair"))
     return np.concatenate([
-        _rdm.compare_rdms(xr.DataArray(A[i : i + step], dims=("centre", "pair")), Bd, method).values
+        compare_rdms(xr.DataArray(A[i : i + step], dims=("centre", "pair")), Bd, method=method).values
         for i in range(0, A.shape[0], step)
     ])
 
@@ -410,7 +363,7 @@ def _run_batch(job: _Job, start: int, stop: int) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------- driver
 def _model_stack(model_rdms: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    st = _rdm._as_stack(model_rdms, "model_rdms")
+    st = _as_stack(model_rdms, "model_rdms")
     if st.ids is None:
         raise ShapeMismatchError(
             "model_rdms need stimulus ids: pass a DataArray with dims (layer, stimulus, "
@@ -486,7 +439,7 @@ def _run_all(job: _Job, batch: int, client: Any, progress: bool, desc: str) -> d
 def _permuted_models(B: np.ndarray, n_stim: int, n_perm: int, rng: np.random.Generator) -> np.ndarray:
     """(L, P) -> (n_perm * L, P): each permutation relabels the stimuli of all layers."""
     iu = np.triu_indices(n_stim, 1)
-    sq = _rdm._to_square(B, n_stim)  # (L, n, n)
+    sq = _to_square(B, n_stim)  # (L, n, n)
     out = np.empty((n_perm, B.shape[0], B.shape[1]))
     for p in range(n_perm):
         perm = rng.permutation(n_stim)
@@ -533,12 +486,12 @@ def _p_values(obs: np.ndarray, exceed: np.ndarray, null_max: np.ndarray, n_perm:
 def searchlight(
     brain: Any,
     model_rdms: Any,
+    *,
     mask: Any = None,
     radius: float = 6.0,
     min_voxels: int = 10,
     metric: SearchlightMetric = "correlation",
     method: str = "spearman",
-    *,
     stimulus_ids: Sequence[str] | np.ndarray | None = None,
     batch_size: int | None = None,
     client: Any = None,
@@ -560,7 +513,7 @@ def searchlight(
         on one grid (a map each, averaged, and a sign-flip test with ``n_permutations``).
     model_rdms : xr.DataArray
         Layer RDMs, dims ``(layer, stimulus, stimulus2)`` (a single RDM also works)
-        with stimulus ids, e.g. ``neurocnn.rdm.compute_rdm(acts_dict)``.
+        with stimulus ids, e.g. ``neurocnn.rsa.compute_rdm(acts_dict)``.
     mask : path, nibabel image or bool ndarray, optional
         Brain mask on the data's grid (same shape and affine). Default: nilearn's
         MNI152 brain mask resampled to the data (the data must be in MNI space).
@@ -574,8 +527,8 @@ def searchlight(
         Dissimilarity of two stimuli's patterns over the sphere's voxels (as
         ``scipy.spatial.distance.pdist``).
     method : str
-        RDM comparison, any of :data:`neurocnn.rdm.COMPARE_METHODS` (``spearman``,
-        ``pearson``, ``tau_a``, ...); values as :func:`neurocnn.rdm.compare_rdms`.
+        RDM comparison, any of :data:`neurocnn.rsa.COMPARE_METHODS` (``spearman``,
+        ``pearson``, ``tau_a``, ...); values as :func:`neurocnn.rsa.compare_rdms`.
     stimulus_ids : sequence of str, optional
         Id of each volume (repeated ids, e.g. runs, are averaged). Default: the
         volumes are the model's stimuli in the model's order (counts must match).
@@ -629,11 +582,11 @@ def searchlight(
     Examples
     --------
     >>> vol = simulate_volume(layer_rdms, regions=[...])  # doctest: +SKIP
-    >>> res = searchlight(vol.img, layer_rdms, vol.mask, stimulus_ids=vol.stimulus_ids)  # doctest: +SKIP
+    >>> res = searchlight(vol.img, layer_rdms, mask=vol.mask, stimulus_ids=vol.stimulus_ids)  # doctest: +SKIP
     >>> to_nifti(res, "stage4").to_filename("stage4.nii.gz")  # doctest: +SKIP
     """
     check_option("metric", metric, SEARCHLIGHT_METRICS)
-    check_option("method", method, _rdm.COMPARE_METHODS)
+    check_option("method", method, COMPARE_METHODS)
     check_option("nan_policy", nan_policy, ("drop", "raise"))
     min_voxels = check_positive_int("min_voxels", min_voxels)
     if n_permutations != 0:
@@ -650,43 +603,13 @@ def searchlight(
     n_stim = len(model_ids)
     if n_stim < 3:
         raise InvalidDataError(f"a searchlight needs at least 3 stimuli, model_rdms have {n_stim}.")
-
-    subjects = dict(brain) if isinstance(brain, Mapping) else {"0": brain}
-    multi = isinstance(brain, Mapping)
-    if multi and not subjects:
-        raise ShapeMismatchError("brain is an empty dict of subjects.")
-    volumes = {}
-    grid = None
-    for name, value in subjects.items():
-        data, affine, shape = _subject_volume(value, f"brain[{name!r}]" if multi else "brain")
-        if grid is not None and (shape != grid[1] or not np.allclose(affine, grid[0], atol=1e-4)):
-            raise ShapeMismatchError(
-                f"subject {name!r} is on another grid ({shape}) than the first subject "
-                f"({grid[1]}); resample all subjects to one grid (e.g. MNI 2 mm)."
-            )
-        grid = (affine, shape)
-        volumes[str(name)] = data
+    volumes, affine, shape, multi = _load_subjects(brain)
     if n_permutations and multi and len(volumes) < 2:
         raise InvalidDataError("a sign-flip test needs at least 2 subjects; pass one subject "
                                "(not a dict) for a stimulus-label permutation test.")
-    affine, shape = grid
     offsets = sphere_offsets(affine, radius)
     mask_arr, mask_source = _mask_array(mask, shape, affine)
-
-    bad = np.zeros(shape, bool)
-    for data in volumes.values():
-        bad |= ~np.isfinite(data).all(-1)
-    n_nan = int((bad & mask_arr).sum())
-    if n_nan:
-        if nan_policy == "raise":
-            raise InvalidDataError(
-                f"{n_nan} of {int(mask_arr.sum())} mask voxels have NaN/inf in at least one "
-                "volume; pass nan_policy='drop' to leave them out, or fix the mask."
-            )
-        logger.warning("searchlight: dropping %d mask voxels with NaN/inf values", n_nan)
-    usable = mask_arr & ~bad
-    if not usable.any():
-        raise InvalidDataError("no usable voxel: every mask voxel has NaN/inf values.")
+    usable, n_nan = _usable_voxels(volumes, mask_arr, nan_policy)
 
     index = np.full(shape, -1, np.int64)
     index[usable] = np.arange(int(usable.sum()))
@@ -723,37 +646,16 @@ def searchlight(
             f"{int(count.max())} mask voxels, min_voxels is {min_voxels} (or all patterns "
             "are constant). Increase radius or lower min_voxels."
         )
-
+    data_vars, coords = _result_maps(scores, list(volumes), multi, n_permutations, null_parts, rng, progress)
     world = nib.affines.apply_affine(affine, centres)
-    coords: dict[str, Any] = {
+    coords.update({
         "layer": layers,
         "i": ("voxel", centres[:, 0]), "j": ("voxel", centres[:, 1]), "k": ("voxel", centres[:, 2]),
         "x": ("voxel", world[:, 0]), "y": ("voxel", world[:, 1]), "z": ("voxel", world[:, 2]),
-    }
-    data_vars: dict[str, Any] = {"n_voxels": ("voxel", count.astype(np.int64))}
-    if multi:
-        maps = np.stack(scores)
-        coords["subject"] = np.array(list(volumes))
-        data_vars["subject_correlation"] = (("subject", "layer", "voxel"), maps)
-        with np.errstate(invalid="ignore"):
-            data_vars["correlation"] = (("layer", "voxel"), maps.mean(0))
-    else:
-        data_vars["correlation"] = (("layer", "voxel"), scores[0])
-    if n_permutations:
-        if multi:
-            exceed, null_max = _sign_flip(np.stack(scores), n_permutations, rng, progress)
-            stat = data_vars["correlation"][1]
-        else:
-            stat = scores[0]
-            exceed, null_max = null_parts
-        p_unc, p_fwe = _p_values(stat, exceed, null_max, n_permutations)
-        data_vars["p_uncorrected"] = (("layer", "voxel"), p_unc)
-        data_vars["p_fwe"] = (("layer", "voxel"), p_fwe)
-        coords["permutation"] = np.arange(n_permutations)
-        data_vars["null_max"] = (("permutation", "layer"), null_max)
-        if return_null:
-            data_vars["null_correlation"] = (("permutation", "layer", "voxel"), null_maps)
-
+    })
+    data_vars["n_voxels"] = ("voxel", count.astype(np.int64))
+    if return_null:
+        data_vars["null_correlation"] = (("permutation", "layer", "voxel"), null_maps)
     attrs: dict[str, Any] = {
         f"model_{k}": v for k, v in clean_attrs(model_attrs).items()
         if k in ("model", "weights_sha256", "metric", "preprocessing", "neurocnn_version")
@@ -775,6 +677,72 @@ def searchlight(
 
         save(result, out, overwrite=overwrite)
     return result
+
+
+def _load_subjects(brain: Any) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[int, int, int], bool]:
+    """One subject or a dict of subjects -> {name: data}, the common affine and shape, multi."""
+    subjects = dict(brain) if isinstance(brain, Mapping) else {"0": brain}
+    multi = isinstance(brain, Mapping)
+    if multi and not subjects:
+        raise ShapeMismatchError("brain is an empty dict of subjects.")
+    volumes = {}
+    grid = None
+    for name, value in subjects.items():
+        data, affine, shape = _subject_volume(value, f"brain[{name!r}]" if multi else "brain")
+        if grid is not None and (shape != grid[1] or not np.allclose(affine, grid[0], atol=1e-4)):
+            raise ShapeMismatchError(
+                f"subject {name!r} is on another grid ({shape}) than the first subject "
+                f"({grid[1]}); resample all subjects to one grid (e.g. MNI 2 mm)."
+            )
+        grid = (affine, shape)
+        volumes[str(name)] = data
+    return volumes, grid[0], grid[1], multi
+
+
+def _usable_voxels(volumes: Mapping[str, np.ndarray], mask_arr: np.ndarray, nan_policy: str) -> tuple[np.ndarray, int]:
+    """Mask voxels finite in every volume of every subject, and how many were dropped."""
+    bad = np.zeros(mask_arr.shape, bool)
+    for data in volumes.values():
+        bad |= ~np.isfinite(data).all(-1)
+    n_nan = int((bad & mask_arr).sum())
+    if n_nan:
+        if nan_policy == "raise":
+            raise InvalidDataError(
+                f"{n_nan} of {int(mask_arr.sum())} mask voxels have NaN/inf in at least one "
+                "volume; pass nan_policy='drop' to leave them out, or fix the mask."
+            )
+        logger.warning("searchlight: dropping %d mask voxels with NaN/inf values", n_nan)
+    usable = mask_arr & ~bad
+    if not usable.any():
+        raise InvalidDataError("no usable voxel: every mask voxel has NaN/inf values.")
+    return usable, n_nan
+
+
+def _result_maps(scores, subjects, multi, n_permutations, null_parts, rng, progress) -> tuple[dict, dict]:
+    """Correlation maps (subject mean with several subjects) and permutation p-values."""
+    coords: dict[str, Any] = {}
+    data_vars: dict[str, Any] = {}
+    if multi:
+        maps = np.stack(scores)
+        coords["subject"] = np.array(subjects)
+        data_vars["subject_correlation"] = (("subject", "layer", "voxel"), maps)
+        with np.errstate(invalid="ignore"):
+            data_vars["correlation"] = (("layer", "voxel"), maps.mean(0))
+    else:
+        data_vars["correlation"] = (("layer", "voxel"), scores[0])
+    if n_permutations:
+        if multi:
+            exceed, null_max = _sign_flip(np.stack(scores), n_permutations, rng, progress)
+            stat = data_vars["correlation"][1]
+        else:
+            stat = scores[0]
+            exceed, null_max = null_parts
+        p_unc, p_fwe = _p_values(stat, exceed, null_max, n_permutations)
+        data_vars["p_uncorrected"] = (("layer", "voxel"), p_unc)
+        data_vars["p_fwe"] = (("layer", "voxel"), p_fwe)
+        coords["permutation"] = np.arange(n_permutations)
+        data_vars["null_max"] = (("permutation", "layer"), null_max)
+    return data_vars, coords
 
 
 # ------------------------------------------------------------------- output
@@ -1036,7 +1004,7 @@ def simulate_volume(
     B, ids, layers, _ = _model_stack(layer_rdms)
     n = len(ids)
     rng = np.random.default_rng(seed)
-    mimg = mni_brain_mask() if mask is None else _load_img(mask, "mask")
+    mimg = mni_brain_mask() if mask is None else load_nifti(mask, "mask")
     marr = np.asarray(mimg.dataobj).reshape(mimg.shape[:3]) != 0
     affine = np.asarray(mimg.affine, dtype=np.float64)
     if box is not None:
@@ -1054,7 +1022,7 @@ def simulate_volume(
     data = (rng.standard_normal(shape + (n,)) * noise).astype(np.float32)
     ijk = np.argwhere(np.ones(shape, bool))
     world = nib.affines.apply_affine(affine, ijk).reshape(shape + (3,))
-    squares = _rdm._to_square(B, n)
+    squares = _to_square(B, n)
     for r in regions:
         li = list(layers).index(check_option("layer", str(r["layer"]), list(layers)))
         dist = np.sqrt(((world - np.asarray(r["center"], float)) ** 2).sum(-1))
@@ -1068,111 +1036,3 @@ def simulate_volume(
         data[inside] += P.T.astype(np.float32)
     hdr_img = nib.Nifti1Image(data, affine)
     return Volume(hdr_img, nib.Nifti1Image(marr.astype(np.uint8), affine), ids.copy())
-
-
-# ------------------------------------------------------------------- Haxby 2001
-def haxby_category_patterns(root: str | os.PathLike | None = None, *, lag: int = 2,
-                            categories: Sequence[str] | None = None) -> Volume:
-    """Per-run category response patterns of Haxby et al. (2001), PyMVPA's single slice.
-
-    For every run (chunk) and category, the mean of the volumes labelled with that
-    category, the labels shifted by ``lag`` volumes (haemodynamic delay, TR 2.5 s)
-    within the run, minus the run's mean volume (per voxel).
-
-    Parameters
-    ----------
-    root : path, optional
-        Folder with ``bold.nii.gz``, ``attributes.txt``, ``mask.nii.gz`` (default:
-        ``neurocnn.datasets.fetch_dataset("haxby2001")``).
-    lag : int
-        Label shift in volumes.
-    categories : sequence of str, optional
-        Categories to keep (default: the 8 non-rest categories).
-
-    Returns
-    -------
-    Volume
-        ``img`` 4-D image ``(40, 20, 1, n_runs * n_categories)``, the PyMVPA ``mask``,
-        ``stimulus_ids`` (the category of each volume; runs repeat the ids, which
-        :func:`searchlight` averages).
-
-    Raises
-    ------
-    MissingFileError
-        The data are not available.
-    UnknownNameError
-        Unknown category.
-
-    Examples
-    --------
-    >>> vol = haxby_category_patterns()  # doctest: +SKIP
-    """
-    if root is None:
-        from .datasets import fetch_dataset
-
-        root = fetch_dataset("haxby2001")
-    root = pathlib.Path(root)
-    cats = list(_HAXBY_LABELS[1:]) if categories is None else [check_option("category", c, _HAXBY_LABELS[1:]) for c in categories]
-    bold = _load_img(root / "bold.nii.gz", "bold")
-    attr_path = root / "attributes.txt"
-    if not attr_path.exists():
-        raise MissingFileError(f"{str(attr_path)!r} does not exist.")
-    attrs = np.loadtxt(attr_path, dtype=int)
-    labels, runs = attrs[:, 0], attrs[:, 1]
-    data = np.asarray(bold.dataobj, dtype=np.float64)
-    if data.shape[-1] != len(labels):
-        raise ShapeMismatchError(f"{data.shape[-1]} volumes but {len(labels)} label rows.")
-    shifted = np.full_like(labels, -1)
-    for run in np.unique(runs):
-        idx = np.flatnonzero(runs == run)
-        shifted[idx[lag:]] = labels[idx[: len(idx) - lag]] if lag else labels[idx]
-    vols, ids = [], []
-    for run in np.unique(runs):
-        in_run = runs == run
-        base = data[..., in_run].mean(-1)
-        for c in cats:
-            sel = in_run & (shifted == _HAXBY_LABELS.index(c))
-            if sel.any():
-                vols.append(data[..., sel].mean(-1) - base)
-                ids.append(c)
-    img = nib.Nifti1Image(np.stack(vols, -1).astype(np.float32), bold.affine)
-    return Volume(img, _load_img(root / "mask.nii.gz", "mask"), np.array(ids))
-
-
-def category_model_rdms(categories: Sequence[str], groupings: Mapping[str, Mapping[str, str]]) -> xr.DataArray:
-    """Binary model RDMs from category groupings (0 within a group, 1 between).
-
-    Parameters
-    ----------
-    categories : sequence of str
-        Stimulus ids (e.g. the Haxby categories).
-    groupings : dict
-        ``{model name: {category: group}}``.
-
-    Returns
-    -------
-    xr.DataArray
-        Dims ``("layer", "stimulus", "stimulus2")``, one RDM per grouping.
-
-    Raises
-    ------
-    ShapeMismatchError
-        A grouping misses a category.
-
-    Examples
-    --------
-    >>> rdms = category_model_rdms(["a", "b", "c"], {"m": {"a": "x", "b": "x", "c": "y"}})
-    >>> float(rdms.sel(layer="m", stimulus="a", stimulus2="c"))
-    1.0
-    """
-    cats = np.asarray(categories).astype(str)
-    mats = []
-    for name, g in groupings.items():
-        missing = [c for c in cats if c not in g]
-        if missing:
-            raise ShapeMismatchError(f"grouping {name!r} has no group for {missing}.")
-        lab = np.array([g[c] for c in cats])
-        mats.append((lab[:, None] != lab[None, :]).astype(np.float64))
-    return xr.DataArray(np.stack(mats), dims=("layer", "stimulus", "stimulus2"),
-                        coords={"layer": list(groupings), "stimulus": cats, "stimulus2": cats.copy()},
-                        attrs={"metric": "category"})

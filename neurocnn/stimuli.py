@@ -20,11 +20,13 @@ import torch
 import xarray as xr
 from PIL import Image, UnidentifiedImageError
 
-from . import datasets
-from ._validation import check_option
+from ._validation import check_option, default_ids
 from .exceptions import ShapeMismatchError, StimulusError
 
-__all__ = ["StimulusSet", "load_stimuli", "list_stimulus_sets", "synthetic_stimuli", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "StimulusSet", "load_stimuli", "list_stimulus_sets", "synthetic_stimuli", "IMAGE_EXTENSIONS",
+    "image_files", "natural_key",
+]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -42,7 +44,7 @@ class StimulusSet:
         Image files, or an array of shape (N, H, W), (N, H, W, 3) (uint8 or float in
         [0, 1]) or (N, 3, H, W) (float in [0, 1]).
     ids : sequence of str, optional
-        Unique stimulus ids; default: file stems or ``stim_0000`` ...
+        Unique stimulus ids; default: file stems, or positions ``"0"``, ``"1"`` ... for arrays
     metadata : mapping of str to sequence, optional
         Per-stimulus metadata (category, face, ...), one value per stimulus.
     name : str
@@ -68,19 +70,19 @@ class StimulusSet:
             self._array: torch.Tensor | None = _array_to_tensor(images)
             self._paths: list[Path] = []
             n = self._array.shape[0]
-            default_ids = [f"stim_{i:04d}" for i in range(n)]
+            fallback = list(default_ids(n))
         else:
             self._array = None
             self._paths = [Path(p) for p in images]
             n = len(self._paths)
-            default_ids = [p.stem for p in self._paths]
-            if len(set(default_ids)) < n:
-                default_ids = [f"{p.parent.name}/{p.stem}" for p in self._paths]
-            if len(set(default_ids)) < n:
-                default_ids = [str(p) for p in self._paths]
+            fallback = [p.stem for p in self._paths]
+            if len(set(fallback)) < n:
+                fallback = [f"{p.parent.name}/{p.stem}" for p in self._paths]
+            if len(set(fallback)) < n:
+                fallback = [str(p) for p in self._paths]
         if n == 0:
             raise StimulusError("The stimulus set is empty: give at least one image.")
-        self.ids = np.asarray(list(ids) if ids is not None else default_ids, dtype=str)
+        self.ids = np.asarray(list(ids) if ids is not None else fallback, dtype=str)
         if self.ids.shape != (n,):
             raise ShapeMismatchError(f"Got {self.ids.size} ids for {n} stimuli; give one id each.")
         if len(set(self.ids.tolist())) != n:
@@ -283,7 +285,14 @@ def _read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255.0)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, hidden files skipped), sorted.
+
+    Raises
+    ------
+    StimulusError
+        The folder has no files, or no image files.
+    """
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
         raise StimulusError(f"Folder {folder} contains no files; point to a folder of images.")
@@ -299,12 +308,13 @@ def _image_files(folder: Path) -> list[Path]:
     return images
 
 
-def _natural_key(path: Path) -> tuple:
+def natural_key(path: Path) -> tuple:
+    """Sort key that orders ``img2`` before ``img10``."""
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path)))
 
 
 def _from_folder(folder: Path, mixed_sizes: MixedSizes) -> StimulusSet:
-    files = sorted(_image_files(folder), key=_natural_key)
+    files = sorted(image_files(folder), key=natural_key)
     parents = [p.parent.relative_to(folder) for p in files]
     metadata = {}
     if any(str(p) != "." for p in parents):
@@ -315,47 +325,6 @@ def _from_folder(folder: Path, mixed_sizes: MixedSizes) -> StimulusSet:
     if mixed_sizes == "error":
         stim.check_sizes()
     return stim
-
-
-def _load_92images() -> StimulusSet:
-    import scipy.io
-
-    path = datasets.fetch("data/92images/Kriegeskorte_Neuron2008_supplementalData.mat")
-    mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-    structs = mat["stimuli_92objs"]
-    images = np.stack([s.image for s in structs]).astype(np.uint8)
-    metadata: dict[str, Sequence] = {
-        "category": [str(s.category) for s in structs],
-        **{flag: [int(getattr(s, flag)) for s in structs] for flag in ("human", "face", "animal", "natural")},
-    }
-    for label, column in zip(mat["categoryLabels"], np.asarray(mat["categoryVectors"]).T):
-        metadata[f"label_{label}"] = column.astype(int)
-    ids = [f"92img_{i:03d}" for i in range(len(structs))]
-    return StimulusSet(images, ids=ids, metadata=metadata, name="92images")
-
-
-FLOC_DOMAINS = {
-    "adult": "face",
-    "child": "face",
-    "corridor": "place",
-    "house": "place",
-    "car": "object",
-    "instrument": "object",
-}
-
-
-def _load_floc() -> StimulusSet:
-    root = datasets.fetch_dataset("floc")
-    files = sorted(_image_files(root / "stimuli"), key=_natural_key)
-    category = np.array([p.parent.name for p in files])
-    exemplar = np.array([int(p.stem.rsplit("-", 1)[1]) for p in files])
-    domain = np.array([FLOC_DOMAINS[c] for c in category])
-    return StimulusSet(
-        files,
-        ids=[f"{c}-{e}" for c, e in zip(category, exemplar)],
-        metadata={"category": category, "domain": domain, "exemplar": exemplar},
-        name="floc",
-    )
 
 
 class _SyntheticStimuli(StimulusSet):
@@ -394,7 +363,13 @@ def synthetic_stimuli(n: int, *, size: int = 64, seed: int = 0) -> StimulusSet:
     return _SyntheticStimuli(np.arange(n), size, seed)
 
 
-_NAMED_SETS: dict[str, Callable[[], StimulusSet]] = {"92images": _load_92images, "floc": _load_floc}
+def _named_set(name: str) -> StimulusSet:
+    from . import datasets
+
+    return {"92images": datasets.load_92images_stimuli, "floc": datasets.load_floc_stimuli}[name]()
+
+
+_NAMED_SETS = ("92images", "floc")
 
 
 def list_stimulus_sets() -> list[str]:
@@ -449,7 +424,7 @@ def load_stimuli(
     if isinstance(source, str) and source in _NAMED_SETS:
         if ids is not None or metadata is not None:
             raise StimulusError(f"{source!r} is a named set with its own ids and metadata.")
-        return _NAMED_SETS[source]()
+        return _named_set(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():

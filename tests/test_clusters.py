@@ -189,7 +189,7 @@ def test_single_subject_label_permutations():
     aff[:3, 3] = -15
     mimg = nib.Nifti1Image(np.ones((11, 11, 8), np.uint8), aff)
     vol = sl.simulate_volume(rdms, [{"layer": "a", "center": (0, 0, 0), "radius": 7}], mask=mimg, seed=1)
-    res = sl.searchlight(vol.img, rdms, vol.mask, radius=4, min_voxels=5, stimulus_ids=vol.stimulus_ids,
+    res = sl.searchlight(vol.img, rdms, mask=vol.mask, radius=4, min_voxels=5, stimulus_ids=vol.stimulus_ids,
                          n_permutations=100, return_null=True, progress=False)
     assert res["null_correlation"].dims == ("permutation", "layer", "voxel")
     np.testing.assert_allclose(np.nanmax(res["null_correlation"].values, -1), res["null_max"].values, atol=1e-6)
@@ -273,6 +273,6 @@ def test_bad_input_errors():
         cl.cluster_table(r, correction="tfce")
     with pytest.raises(UnknownNameError, match="atlas"):
         cl.nearest_atlas_label([[0, 0, 0]], atlas="aal")
-    rdms = sl.category_model_rdms(list("abcd"), {"m": {"a": 0, "b": 0, "c": 1, "d": 1}})
+    rdms = nc.rsa.category_model_rdms(list("abcd"), {"m": {"a": 0, "b": 0, "c": 1, "d": 1}})
     with pytest.raises(InvalidDataError, match="return_null"):
         sl.searchlight(np.zeros((1,)), rdms, return_null=True)

@@ -29,7 +29,7 @@ def test_result_structure_and_provenance(result):
     assert list(result.noise_ceiling.bound.values) == ["lower", "upper"]
     lower, upper = result.noise_ceiling.sel(comparison="spearman").values
     assert 0 < lower < upper < 1
-    assert (result.ci_lower <= result.observed).all() and (result.observed <= result.ci_upper).all()
+    assert (result.ci_low <= result.observed).all() and (result.observed <= result.ci_high).all()
     assert result.attrs["model"] == "efficientnet_lite0" and result.attrs["n_bootstrap"] == 30
     # deep layers resemble human IT more than early ones (Khaligh-Razavi & Kriegeskorte 2014)
     observed = result.observed.sel(comparison="spearman")

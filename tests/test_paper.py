@@ -36,8 +36,8 @@ def _layers_vs_hit(folder: Path) -> None:
     ds = xr.Dataset(
         {
             "observed": (("comparison", "layer"), obs),
-            "ci_lower": (("comparison", "layer"), obs - 0.04),
-            "ci_upper": (("comparison", "layer"), obs + 0.04),
+            "ci_low": (("comparison", "layer"), obs - 0.04),
+            "ci_high": (("comparison", "layer"), obs + 0.04),
             "p_layer_vs_lower_ceiling": (("comparison", "layer"), [[0.0001, 0.2, 0.01], [0.0, 0.3, 0.02]]),
             "noise_ceiling": (("comparison", "bound"), [[0.351, 0.432], [0.5, 0.6]]),
             "brain_rdm": (("subject", "stimulus", "stimulus2"), np.zeros((4, 5, 5))),

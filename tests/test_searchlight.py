@@ -9,6 +9,7 @@ import scipy.stats
 import xarray as xr
 from scipy.spatial.distance import pdist, squareform
 
+from neurocnn import datasets, rsa
 from neurocnn import searchlight as sl
 from neurocnn.exceptions import InvalidDataError, ShapeMismatchError, UnknownNameError
 
@@ -51,7 +52,7 @@ def small_mask(volume):
 
 @pytest.fixture(scope="module")
 def result(volume, rdms):
-    return sl.searchlight(volume.img, rdms, volume.mask, radius=6.0,
+    return sl.searchlight(volume.img, rdms, mask=volume.mask, radius=6.0,
                           stimulus_ids=volume.stimulus_ids, progress=False)
 
 
@@ -120,7 +121,7 @@ def test_simulated_region_reproduces_its_rdm(rdms):
     ],
 )
 def test_matches_one_centre_at_a_time_loop(volume, rdms, small_mask, metric, method, compare):
-    res = sl.searchlight(volume.img, rdms, small_mask, radius=5.0, metric=metric, method=method,
+    res = sl.searchlight(volume.img, rdms, mask=small_mask, radius=5.0, metric=metric, method=method,
                          stimulus_ids=volume.stimulus_ids, progress=False, batch_size=97)
     rng = np.random.default_rng(0)
     edge = int(np.argmin(res["n_voxels"].values))  # a centre on the mask's edge
@@ -138,8 +139,8 @@ def test_batch_size_does_not_change_the_result_and_zarr_output(volume, rdms, sma
     import neurocnn as nc
 
     kw = dict(radius=6.0, stimulus_ids=volume.stimulus_ids, progress=False)
-    one = sl.searchlight(volume.img, rdms, small_mask, batch_size=5000, out=tmp_path / "sl.zarr", **kw)
-    many = sl.searchlight(volume.img, rdms, small_mask, batch_size=37, **kw)
+    one = sl.searchlight(volume.img, rdms, mask=small_mask, batch_size=5000, out=tmp_path / "sl.zarr", **kw)
+    many = sl.searchlight(volume.img, rdms, mask=small_mask, batch_size=37, **kw)
     xr.testing.assert_allclose(many["correlation"], one["correlation"], atol=1e-12)
     np.testing.assert_array_equal(nc.io.load(tmp_path / "sl.zarr")["correlation"].values, one["correlation"].values)
 
@@ -148,7 +149,7 @@ def test_list_of_3d_images_and_shuffled_ids_give_the_same_map(volume, rdms, resu
     data = np.asarray(volume.img.dataobj)
     order = np.random.default_rng(1).permutation(N_STIM)
     imgs = [nib.Nifti1Image(data[..., p], volume.img.affine) for p in order]
-    other = sl.searchlight(imgs, rdms, volume.mask, radius=6.0, stimulus_ids=IDS[order], progress=False)
+    other = sl.searchlight(imgs, rdms, mask=volume.mask, radius=6.0, stimulus_ids=IDS[order], progress=False)
     np.testing.assert_allclose(other["correlation"].values, result["correlation"].values, atol=1e-12)
 
 
@@ -176,14 +177,14 @@ def test_neighbourhoods_match_rsatoolbox(volume):
 
 # ------------------------------------------------------------------ significance
 def test_stimulus_permutation_fwe(volume, rdms):
-    res = sl.searchlight(volume.img, rdms, volume.mask, radius=6.0, stimulus_ids=volume.stimulus_ids,
+    res = sl.searchlight(volume.img, rdms, mask=volume.mask, radius=6.0, stimulus_ids=volume.stimulus_ids,
                          progress=False, n_permutations=99, seed=5)
     assert res.attrs["test"] == "stimulus_permutation" and res.attrs["seed"] == 5
     for region in REGIONS:
         assert float(res["p_fwe"].sel(layer=region["layer"]).min()) == pytest.approx(0.01)
     assert float(res["p_fwe"].sel(layer="null").min()) > 0.05
     assert (res["p_fwe"] >= res["p_uncorrected"] - 1e-12).all()
-    again = sl.searchlight(volume.img, rdms, volume.mask, radius=6.0, stimulus_ids=volume.stimulus_ids,
+    again = sl.searchlight(volume.img, rdms, mask=volume.mask, radius=6.0, stimulus_ids=volume.stimulus_ids,
                            progress=False, n_permutations=99, seed=5)
     xr.testing.assert_identical(res, again)
 
@@ -193,7 +194,7 @@ def test_sign_flip_over_subjects(rdms):
     subjects = {f"sub{i}": sl.simulate_volume(rdms, REGIONS[:1], noise=2.0, box=box, seed=10 + i)
                 for i in range(8)}
     mask = subjects["sub0"].mask
-    res = sl.searchlight({k: v.img for k, v in subjects.items()}, rdms, mask, radius=6.0,
+    res = sl.searchlight({k: v.img for k, v in subjects.items()}, rdms, mask=mask, radius=6.0,
                          stimulus_ids=IDS, progress=False, n_permutations=200, seed=0)
     assert res["subject_correlation"].dims == ("subject", "layer", "voxel")
     np.testing.assert_allclose(res["correlation"], res["subject_correlation"].mean("subject"))
@@ -208,11 +209,11 @@ def test_sign_flip_over_subjects(rdms):
 def test_mask_shape_and_affine_mismatch(volume, rdms):
     m = np.asarray(volume.mask.dataobj)
     with pytest.raises(ShapeMismatchError, match="shape"):
-        sl.searchlight(volume.img, rdms, nib.Nifti1Image(m[:-1], volume.mask.affine), progress=False)
+        sl.searchlight(volume.img, rdms, mask=nib.Nifti1Image(m[:-1], volume.mask.affine), progress=False)
     shifted = volume.mask.affine.copy()
     shifted[0, 3] += 2.0
     with pytest.raises(ShapeMismatchError, match="affine"):
-        sl.searchlight(volume.img, rdms, nib.Nifti1Image(m, shifted), progress=False)
+        sl.searchlight(volume.img, rdms, mask=nib.Nifti1Image(m, shifted), progress=False)
 
 
 def test_nan_voxels_dropped_and_counted(volume, rdms, result):
@@ -223,45 +224,45 @@ def test_nan_voxels_dropped_and_counted(volume, rdms, result):
     data[bad[1][0], bad[1][1], bad[1][2], :] = np.nan
     data[bad[2][0], bad[2][1], bad[2][2], 0] = np.inf
     img = nib.Nifti1Image(data, volume.img.affine)
-    res = sl.searchlight(img, rdms, volume.mask, radius=6.0, stimulus_ids=IDS, progress=False)
+    res = sl.searchlight(img, rdms, mask=volume.mask, radius=6.0, stimulus_ids=IDS, progress=False)
     assert res.attrs["n_nan_voxels"] == 3
     assert res.sizes["voxel"] == result.sizes["voxel"] - 3
     assert np.isfinite(res["correlation"].sel(layer="early")).sum() > 0
     with pytest.raises(InvalidDataError, match="3 of"):
-        sl.searchlight(img, rdms, volume.mask, stimulus_ids=IDS, nan_policy="raise", progress=False)
+        sl.searchlight(img, rdms, mask=volume.mask, stimulus_ids=IDS, nan_policy="raise", progress=False)
 
 
 def test_fewer_volumes_than_stimuli(volume, rdms):
     data = np.asarray(volume.img.dataobj)[..., :10]
     with pytest.raises(ShapeMismatchError, match="10 volumes"):
-        sl.searchlight(nib.Nifti1Image(data, volume.img.affine), rdms, volume.mask, progress=False)
+        sl.searchlight(nib.Nifti1Image(data, volume.img.affine), rdms, mask=volume.mask, progress=False)
 
 
 def test_radius_smaller_than_a_voxel(volume, rdms):
     with pytest.raises(InvalidDataError, match="smaller than a voxel"):
-        sl.searchlight(volume.img, rdms, volume.mask, radius=1.5, stimulus_ids=IDS, progress=False)
+        sl.searchlight(volume.img, rdms, mask=volume.mask, radius=1.5, stimulus_ids=IDS, progress=False)
 
 
 def test_stimulus_id_mismatch(volume, rdms):
     ids = IDS.copy()
     ids[0] = "other"
     with pytest.raises(ShapeMismatchError, match="differ"):
-        sl.searchlight(volume.img, rdms, volume.mask, stimulus_ids=ids, progress=False)
+        sl.searchlight(volume.img, rdms, mask=volume.mask, stimulus_ids=ids, progress=False)
 
 
 def test_unknown_options_and_too_small_spheres(volume, rdms):
     with pytest.raises(UnknownNameError, match="correlation"):
-        sl.searchlight(volume.img, rdms, volume.mask, metric="corelation", progress=False)
+        sl.searchlight(volume.img, rdms, mask=volume.mask, metric="corelation", progress=False)
     with pytest.raises(UnknownNameError):
-        sl.searchlight(volume.img, rdms, volume.mask, method="spearmann", progress=False)
+        sl.searchlight(volume.img, rdms, mask=volume.mask, method="spearmann", progress=False)
     with pytest.raises(InvalidDataError, match="min_voxels"):
-        sl.searchlight(volume.img, rdms, volume.mask, radius=2.0, min_voxels=50, progress=False)
+        sl.searchlight(volume.img, rdms, mask=volume.mask, radius=2.0, min_voxels=50, progress=False)
     with pytest.raises(InvalidDataError, match="2 subjects"):
-        sl.searchlight({"only": volume.img}, rdms, volume.mask, n_permutations=10, progress=False)
+        sl.searchlight({"only": volume.img}, rdms, mask=volume.mask, n_permutations=10, progress=False)
 
 
 def test_default_mni_mask_used_for_mni_data(volume, rdms):
-    res = sl.searchlight(volume.img, rdms, None, radius=6.0, progress=False)
+    res = sl.searchlight(volume.img, rdms, mask=None, radius=6.0, progress=False)
     assert "MNI152" in res.attrs["mask_source"]
     assert res.sizes["voxel"] == int((np.asarray(volume.mask.dataobj) > 0).sum())
 
@@ -306,21 +307,21 @@ def test_dask_client_gives_the_same_result(volume, rdms, small_mask):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        res = sl.searchlight(volume.img, rdms, small_mask, radius=6.0, stimulus_ids=IDS,
+        res = sl.searchlight(volume.img, rdms, mask=small_mask, radius=6.0, stimulus_ids=IDS,
                              client=client, batch_size=100, progress=False)
-    serial = sl.searchlight(volume.img, rdms, small_mask, radius=6.0, stimulus_ids=IDS, progress=False)
+    serial = sl.searchlight(volume.img, rdms, mask=small_mask, radius=6.0, stimulus_ids=IDS, progress=False)
     np.testing.assert_allclose(res["correlation"].values, serial["correlation"].values, atol=1e-12)
 
 
 # ------------------------------------------------------------------ real data
 def test_haxby_single_slice_category_structure(mirror):
-    vol = sl.haxby_category_patterns(mirror / "data" / "haxby2001")
+    vol = datasets.haxby_category_patterns(mirror / "data" / "haxby2001")
     assert vol.img.shape == (40, 20, 1, 96)  # 12 runs x 8 categories
     cats = ["face", "house", "shoe", "cat", "scissors", "scrambledpix", "bottle", "chair"]
     groups = {"face": "face", "cat": "animal", "house": "house", "scrambledpix": "scrambled",
               **{c: "object" for c in ("shoe", "scissors", "bottle", "chair")}}
-    model = sl.category_model_rdms(cats, {"category": groups})
-    res = sl.searchlight(vol.img, model, vol.mask, radius=6.0, min_voxels=5,
+    model = rsa.category_model_rdms(cats, {"category": groups})
+    res = sl.searchlight(vol.img, model, mask=vol.mask, radius=6.0, min_voxels=5,
                          stimulus_ids=vol.stimulus_ids, progress=False)
     assert res.sizes["voxel"] == 530
     assert int(res["n_voxels"].max()) == 9  # the in-slice 3 x 3 disc

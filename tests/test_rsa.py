@@ -9,7 +9,8 @@ import scipy.stats
 import xarray as xr
 from scipy.spatial.distance import pdist, squareform
 
-from neurocnn import rdm
+from neurocnn import datasets, rsa
+from neurocnn.rsa import _kernels, _resampling
 from neurocnn.exceptions import (
     InvalidDataError,
     MissingFileError,
@@ -59,7 +60,7 @@ def _vectors(k, n, seed, ties=False):
 @pytest.mark.parametrize("metric", ["correlation", "euclidean", "sqeuclidean", "cosine"])
 def test_compute_rdm_matches_pdist(metric):
     x = _activations()
-    got = rdm.compute_rdm(x, metric, chunk_size=7)
+    got = rsa.compute_rdm(x, metric, chunk_size=7)
     np.testing.assert_allclose(squareform(got.values, checks=False), pdist(x.values, metric),
                                rtol=1e-10, atol=1e-12)
     assert got.dims == ("stimulus", "stimulus2")
@@ -74,10 +75,10 @@ def test_compute_rdm_matches_rsatoolbox_correlation_and_euclidean():
     x = _activations(seed=3).values
     ds = Dataset(x)
     ref = rsa_rdm.calc_rdm(ds, method="correlation").get_vectors()[0]
-    got = rdm.compute_rdm(x, "correlation")
+    got = rsa.compute_rdm(x, "correlation")
     np.testing.assert_allclose(squareform(got.values, checks=False), ref, atol=1e-12)
     ref = rsa_rdm.calc_rdm(ds, method="euclidean").get_vectors()[0]  # mean squared diff
-    got = rdm.compute_rdm(x, "sqeuclidean")
+    got = rsa.compute_rdm(x, "sqeuclidean")
     np.testing.assert_allclose(squareform(got.values, checks=False) / x.shape[1], ref, rtol=1e-10)
 
 
@@ -96,10 +97,10 @@ def test_crossnobis_matches_rsatoolbox(diag_noise):
                            noise=None if noise is None else np.diag(noise))
     da = xr.DataArray(x, dims=("stimulus", "run", "unit"),
                       coords={"stimulus": [f"c{i}" for i in range(n_cond)], "run": np.arange(n_run)})
-    got = rdm.compute_rdm(da, "crossnobis", noise=noise, chunk_size=4)
+    got = rsa.compute_rdm(da, "crossnobis", noise=noise, chunk_size=4)
     np.testing.assert_allclose(squareform(got.values, checks=False), ref.get_vectors()[0], atol=1e-12)
     # the same with runs= labels per row of a plain array, and a full noise matrix
-    got2 = rdm.compute_rdm(x.reshape(-1, f), "crossnobis", runs=runs, stimulus_ids=conds,
+    got2 = rsa.compute_rdm(x.reshape(-1, f), "crossnobis", runs=runs, stimulus_ids=conds,
                            noise=None if noise is None else np.diag(noise))
     np.testing.assert_allclose(got2.values, got.values, atol=1e-12)
     assert got.attrs["n_runs"] == n_run
@@ -109,7 +110,7 @@ def test_repeated_measurements_are_averaged_for_plain_metrics():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(5, 2, 30))  # stimulus, run, unit
     da = xr.DataArray(x, dims=("stimulus", "run", "unit"), coords={"stimulus": list("abcde")})
-    got = rdm.compute_rdm(da, "correlation")
+    got = rsa.compute_rdm(da, "correlation")
     np.testing.assert_allclose(squareform(got.values, checks=False), pdist(x.mean(1), "correlation"),
                                atol=1e-12)
     assert list(got.stimulus.values) == list("abcde")
@@ -117,7 +118,7 @@ def test_repeated_measurements_are_averaged_for_plain_metrics():
 
 def test_compute_rdm_dict_of_layers_and_netcdf(tmp_path):
     acts = {"conv1": _activations(seed=1), "fc": _activations(seed=2)}
-    stacked = rdm.compute_rdm(acts)
+    stacked = rsa.compute_rdm(acts)
     assert stacked.dims == ("layer", "stimulus", "stimulus2")
     assert list(stacked.layer.values) == ["conv1", "fc"]
     assert "layer" not in stacked.attrs
@@ -138,8 +139,8 @@ def test_compute_rdm_dask_zarr_chunked_equals_in_memory(tmp_path):
     x.to_dataset().chunk({"channel": 4}).to_zarr(tmp_path / "a.zarr", consolidated=False)
     lazy = xr.open_zarr(tmp_path / "a.zarr", consolidated=False)["acts"]
     assert lazy.chunks is not None
-    got = rdm.compute_rdm(lazy, "correlation", chunk_size=50)
-    ref = rdm.compute_rdm(x.values.reshape(10, -1).astype(np.float64), "correlation",
+    got = rsa.compute_rdm(lazy, "correlation", chunk_size=50)
+    ref = rsa.compute_rdm(x.values.reshape(10, -1).astype(np.float64), "correlation",
                           stimulus_ids=x.stimulus.values)
     np.testing.assert_allclose(got.values, ref.values, atol=1e-12)
 
@@ -148,38 +149,38 @@ def test_compute_rdm_torch_input_and_float32_dtype():
     import torch
 
     x = _activations().values
-    got = rdm.compute_rdm(torch.from_numpy(x), "cosine", dtype=torch.float32)
+    got = rsa.compute_rdm(torch.from_numpy(x), "cosine", dtype=torch.float32)
     np.testing.assert_allclose(squareform(got.values, checks=False), pdist(x, "cosine"), atol=1e-5)
 
 
 def test_compute_rdm_errors():
     x = _activations()
     with pytest.raises(UnknownNameError, match="correlation"):
-        rdm.compute_rdm(x, "corelation")
+        rsa.compute_rdm(x, "corelation")
     bad = x.copy()
     bad[3, 5] = np.nan
     with pytest.raises(InvalidDataError, match="s03"):
-        rdm.compute_rdm(bad)
+        rsa.compute_rdm(bad)
     const = x.copy()
     const[4] = 2.5
     with pytest.raises(InvalidDataError, match="s04"):
-        rdm.compute_rdm(const, "correlation")
-    rdm.compute_rdm(const, "euclidean")  # fine for euclidean
+        rsa.compute_rdm(const, "correlation")
+    rsa.compute_rdm(const, "euclidean")  # fine for euclidean
     zero = x.copy()
     zero[2] = 0.0
     with pytest.raises(InvalidDataError, match="s02"):
-        rdm.compute_rdm(zero, "cosine")
+        rsa.compute_rdm(zero, "cosine")
     with pytest.raises(ShapeMismatchError, match="stimulus"):
-        rdm.compute_rdm(x.rename(stimulus="image"))
+        rsa.compute_rdm(x.rename(stimulus="image"))
     with pytest.raises(ShapeMismatchError, match="runs"):
-        rdm.compute_rdm(x, "crossnobis")
+        rsa.compute_rdm(x, "crossnobis")
     with pytest.raises(ShapeMismatchError, match="ids"):
-        rdm.compute_rdm(x.values, stimulus_ids=["a", "b"])
+        rsa.compute_rdm(x.values, stimulus_ids=["a", "b"])
     with pytest.raises(ShapeMismatchError, match="noise"):
-        rdm.compute_rdm(x.values, "crossnobis", runs=[0, 1] * 6, noise=np.ones(3),
+        rsa.compute_rdm(x.values, "crossnobis", runs=[0, 1] * 6, noise=np.ones(3),
                         stimulus_ids=np.repeat(np.arange(6), 2))
     with pytest.raises(InvalidDataError, match="chunk_size"):
-        rdm.compute_rdm(x, chunk_size=0)
+        rsa.compute_rdm(x, chunk_size=0)
 
 
 # ----------------------------------------------------------------------- compare_rdms
@@ -187,7 +188,7 @@ def test_compute_rdm_errors():
 @pytest.mark.parametrize("ties", [False, True])
 def test_compare_matches_rsatoolbox(method, ties):
     a, b = _vectors(3, 15, 0, ties), _vectors(4, 15, 1, ties)
-    got = rdm.compare_rdms(a, b, method)
+    got = rsa.compare_rdms(a, b, method=method)
     ref = rsa_rdm.compare(rsa_rdm.RDMs(a), rsa_rdm.RDMs(b), RSA_METHOD[method])
     assert got.dims == ("rdm", "rdm2") and got.shape == (3, 4)
     np.testing.assert_allclose(got.values, ref, atol=1e-12)
@@ -195,10 +196,10 @@ def test_compare_matches_rsatoolbox(method, ties):
 
 def test_compare_scipy_oracles():
     a, b = _vectors(1, 20, 2)[0], _vectors(1, 20, 3)[0]
-    assert float(rdm.compare_rdms(a, b, "spearman")) == pytest.approx(scipy.stats.spearmanr(a, b)[0], abs=1e-12)
-    assert float(rdm.compare_rdms(a, b, "pearson")) == pytest.approx(scipy.stats.pearsonr(a, b)[0], abs=1e-12)
+    assert float(rsa.compare_rdms(a, b, method="spearman")) == pytest.approx(scipy.stats.spearmanr(a, b)[0], abs=1e-12)
+    assert float(rsa.compare_rdms(a, b, method="pearson")) == pytest.approx(scipy.stats.pearsonr(a, b)[0], abs=1e-12)
     # tie-free: tau-a == tau-b
-    assert float(rdm.compare_rdms(a, b, "tau_a")) == pytest.approx(scipy.stats.kendalltau(a, b)[0], abs=1e-12)
+    assert float(rsa.compare_rdms(a, b, method="tau_a")) == pytest.approx(scipy.stats.kendalltau(a, b)[0], abs=1e-12)
 
 
 def test_tau_a_with_ties_by_hand():
@@ -208,14 +209,14 @@ def test_tau_a_with_ties_by_hand():
     for i in range(6):
         for j in range(i + 1, 6):
             s += np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
-    assert float(rdm.compare_rdms(x, y, "tau_a")) == pytest.approx(s / 15.0, abs=1e-15)
+    assert float(rsa.compare_rdms(x, y, method="tau_a")) == pytest.approx(s / 15.0, abs=1e-15)
 
 
 def test_tau_a_large_fallback_matches_planned_path(monkeypatch):
     a, b = _vectors(2, 12, 5, ties=True), _vectors(2, 12, 6, ties=True)
-    exact = rdm.compare_rdms(a, b, "tau_a").values
-    monkeypatch.setattr(rdm, "_TAU_PLAN_MAX_PAIRS", 10)
-    np.testing.assert_array_equal(rdm.compare_rdms(a, b, "tau_a").values, exact)
+    exact = rsa.compare_rdms(a, b, method="tau_a").values
+    monkeypatch.setattr(_kernels, "_TAU_PLAN_MAX_PAIRS", 10)
+    np.testing.assert_array_equal(rsa.compare_rdms(a, b, method="tau_a").values, exact)
     brute = [[_tau_a_brute(x, y, np.ones(x.size)) for y in b] for x in a]
     np.testing.assert_allclose(exact, brute, atol=1e-12)
 
@@ -238,8 +239,8 @@ def test_weighted_tau_a_fast_paths_equal_sign_matrices(monkeypatch, small_chunks
     """Planned (binned) and expanded (scipy) weighted tau-a == O(P^2) sign sums, exactly,
     with tie groups larger than a bin, a constant RDM, and float64 block sums."""
     if small_chunks:  # exercise the chunk loops
-        monkeypatch.setattr(rdm, "_TAU_BLOCK_ELEMENTS", 64)
-        monkeypatch.setattr(rdm, "_TAU_GRID_CELLS", 8)
+        monkeypatch.setattr(_kernels, "_TAU_BLOCK_ELEMENTS", 64)
+        monkeypatch.setattr(_kernels, "_TAU_GRID_CELLS", 8)
     n = 30
     a, b = _vectors(4, n, 11), _vectors(3, n, 12, ties=True)
     a[1] = np.round(a[1] * 2)  # 3 values: tie groups far larger than a bin (size 16)
@@ -249,14 +250,14 @@ def test_weighted_tau_a_fast_paths_equal_sign_matrices(monkeypatch, small_chunks
     w = _stimulus_weights(counts)
     w[5] *= 900  # block sums beyond float32's exact integers -> float64 path
     brute = np.array([[[_tau_a_brute(x, y, ws[0]) for y in b] for x in a] for ws in w])
-    planned = rdm._cmp_tau_a(rdm._prep_tau(a[None], order=rdm._TauPlan.of(a)),
-                             rdm._prep_tau(b[None], order=rdm._TauPlan.of(b)), w)
+    planned = _kernels._cmp_tau_a(_kernels._prep_tau(a[None], order=_kernels._TauPlan.of(a)),
+                             _kernels._prep_tau(b[None], order=_kernels._TauPlan.of(b)), w)
     np.testing.assert_allclose(planned, brute, atol=1e-12)
     assert np.all(planned[:, :, 2] == 0.0)
-    expanded = rdm._cmp_tau_a(np.broadcast_to(a, (6,) + a.shape), b[None], w)  # per-sample path
+    expanded = _kernels._cmp_tau_a(np.broadcast_to(a, (6,) + a.shape), b[None], w)  # per-sample path
     np.testing.assert_allclose(expanded, brute, atol=1e-12)
-    cd_planned = rdm._tau_cd_planned(rdm._TauPlan.of(a), rdm._TauPlan.of(b), w[:, 0])
-    np.testing.assert_array_equal(cd_planned, rdm._tau_cd_expanded(a[None], b[None], w))
+    cd_planned = _kernels._tau_cd_planned(_kernels._TauPlan.of(a), _kernels._TauPlan.of(b), w[:, 0])
+    np.testing.assert_array_equal(cd_planned, _kernels._tau_cd_expanded(a[None], b[None], w))
     np.testing.assert_array_equal(cd_planned, np.round(cd_planned))  # integer counts
 
 
@@ -267,11 +268,11 @@ def test_tau_a_bootstrap_92images_equals_rsatoolbox_resampled_rdms():
     resampled RDMs."""
     from rsatoolbox.util.inference_util import pool_rdm
 
-    brain = rdm.load_92images_brain_rdms().groupby("subject").mean()
-    models = rdm.load_92images_reference_rdms().isel(rdm=[2, 3, 5, 8])  # animacy, categories, EVA, V1
-    ds = rdm.bootstrap_rdm_comparison(models, brain, "tau_a", n_bootstrap=3, over="both", seed=7,
+    brain = datasets.load_92images_brain_rdms().groupby("subject").mean()
+    models = datasets.load_92images_reference_rdms().isel(rdm=[2, 3, 5, 8])  # animacy, categories, EVA, V1
+    ds = rsa.bootstrap_rdm_comparison(models, brain, method="tau_a", n_bootstrap=3, over="both", seed=7,
                                       progress=False)
-    samples = rdm._draw(np.random.default_rng(7), 3, 92, 4, "both")
+    samples = _resampling._draw(np.random.default_rng(7), 3, 92, 4, "both")
     m_rdms, b_rdms = rsa_rdm.RDMs(models.values), rsa_rdm.RDMs(brain.values)
     for s in range(3):
         idx = np.repeat(np.arange(92), samples.stim[s])
@@ -292,55 +293,55 @@ def test_tau_a_bootstrap_92images_equals_rsatoolbox_resampled_rdms():
 
 def test_compare_reorders_stimuli_and_accepts_formats():
     x = _activations(n=10, seed=7)
-    r1 = rdm.compute_rdm(x)
-    r2 = rdm.compute_rdm(x + np.random.default_rng(8).normal(size=x.shape))
+    r1 = rsa.compute_rdm(x)
+    r2 = rsa.compute_rdm(x + np.random.default_rng(8).normal(size=x.shape))
     perm = np.random.default_rng(9).permutation(10)
     shuffled = r2.isel(stimulus=perm, stimulus2=perm)
-    ref = float(rdm.compare_rdms(r1, r2))
-    assert float(rdm.compare_rdms(r1, shuffled)) == pytest.approx(ref, abs=1e-14)
-    assert float(rdm.compare_rdms(r1.values, squareform(r2.values, checks=False))) == pytest.approx(ref)
-    assert float(rdm.compare_rdms(r1, rdm.to_rsatoolbox(r2))) == pytest.approx(ref)
-    both = rdm.compare_rdms({"a": r1, "b": r2}, np.stack([r1.values, r2.values]))
+    ref = float(rsa.compare_rdms(r1, r2))
+    assert float(rsa.compare_rdms(r1, shuffled)) == pytest.approx(ref, abs=1e-14)
+    assert float(rsa.compare_rdms(r1.values, squareform(r2.values, checks=False))) == pytest.approx(ref)
+    assert float(rsa.compare_rdms(r1, rsa.to_rsatoolbox(r2))) == pytest.approx(ref)
+    both = rsa.compare_rdms({"a": r1, "b": r2}, np.stack([r1.values, r2.values]))
     assert both.dims == ("layer", "rdm") and list(both.layer.values) == ["a", "b"]
-    same_dim = rdm.compare_rdms(np.stack([r1.values] * 2), np.stack([r2.values] * 3))
+    same_dim = rsa.compare_rdms(np.stack([r1.values] * 2), np.stack([r2.values] * 3))
     assert same_dim.dims == ("rdm", "rdm2")
 
 
 def test_compare_flattens_several_stack_dims():
     v = _vectors(6, 8, 1).reshape(2, 3, -1)
     da = xr.DataArray(v, dims=("subject", "session", "pair"), coords={"subject": ["x", "y"]})
-    got = rdm.compare_rdms(_vectors(1, 8, 2)[0], da, "pearson")
+    got = rsa.compare_rdms(_vectors(1, 8, 2)[0], da, method="pearson")
     assert got.dims == ("rdm",) and list(got.subject.values) == ["x"] * 3 + ["y"] * 3
     np.testing.assert_allclose(got.values[4], scipy.stats.pearsonr(_vectors(1, 8, 2)[0], v[1, 1])[0])
 
 
 def test_compare_errors():
     x = _activations(n=10)
-    r = rdm.compute_rdm(x)
+    r = rsa.compute_rdm(x)
     other = r.assign_coords(stimulus=[f"t{i}" for i in range(10)], stimulus2=[f"t{i}" for i in range(10)])
     with pytest.raises(ShapeMismatchError, match="t0"):
-        rdm.compare_rdms(r, other)
+        rsa.compare_rdms(r, other)
     with pytest.raises(ShapeMismatchError, match="10 vs 8"):
-        rdm.compare_rdms(r, r.isel(stimulus=slice(8), stimulus2=slice(8)))
+        rsa.compare_rdms(r, r.isel(stimulus=slice(8), stimulus2=slice(8)))
     asym = r.values.copy()
     asym[0, 1] += 0.5
     with pytest.raises(InvalidDataError, match="symmetric"):
-        rdm.compare_rdms(asym, r.values)
+        rsa.compare_rdms(asym, r.values)
     nan = r.values.copy()
     nan[2, 3] = nan[3, 2] = np.nan
     with pytest.raises(InvalidDataError, match="NaN"):
-        rdm.compare_rdms(r, nan)
+        rsa.compare_rdms(r, nan)
     with pytest.raises(UnknownNameError, match="spearman"):
-        rdm.compare_rdms(r, r, "spearmann")
+        rsa.compare_rdms(r, r, method="spearmann")
     with pytest.raises(ShapeMismatchError, match="n\\*\\(n-1\\)/2"):
-        rdm.compare_rdms(np.ones(7), np.ones(7))
+        rsa.compare_rdms(np.ones(7), np.ones(7))
 
 
 # ------------------------------------------------------------- noise ceiling, bootstrap
 @pytest.mark.parametrize("method", sorted(RSA_METHOD))
 def test_noise_ceiling_matches_rsatoolbox(method):
     v = _vectors(5, 14, 11, ties=method == "spearman")
-    nc = rdm.noise_ceiling(v, method)
+    nc = rsa.noise_ceiling(v, method=method)
     with pytest.warns(UserWarning) if method == "tau_a" else _nullcontext():
         ref = boot_noise_ceiling(rsa_rdm.RDMs(v), RSA_METHOD[method])
     np.testing.assert_allclose(nc.values, ref, atol=1e-12)
@@ -366,10 +367,10 @@ def test_weighted_bootstrap_sample_equals_rsatoolbox_subsample(method):
     sample = rsa_rdm.RDMs(data).subsample_pattern("index", idx)
     msample = rsa_rdm.RDMs(models).subsample_pattern("index", idx)
     ref = rsa_rdm.compare(msample, sample, RSA_METHOD[method])
-    got = rdm._compare_batched(models[None], data[None], method, w,
-                               (rdm._orders(models[None], method), rdm._orders(data[None], method)))
+    got = _kernels._compare_batched(models[None], data[None], method, w,
+                               (_kernels._orders(models[None], method), _kernels._orders(data[None], method)))
     np.testing.assert_allclose(got[0], ref, atol=1e-12)
-    lower, upper = rdm._noise_ceiling_core(data[None], method, w, None, rdm._orders(data[None], method))
+    lower, upper = _kernels._noise_ceiling_core(data[None], method, w, None, _kernels._orders(data[None], method))
     with pytest.warns(UserWarning) if method == "tau_a" else _nullcontext():
         nc_ref = boot_noise_ceiling(sample, RSA_METHOD[method])
     np.testing.assert_allclose([lower[0], upper[0]], nc_ref, atol=1e-12)
@@ -379,22 +380,22 @@ def test_bootstrap_reproducible_and_structured():
     models = {"l1": _vectors(1, 20, 1)[0], "l2": _vectors(1, 20, 2)[0] * 0.1 + _vectors(1, 20, 3)[0]}
     data = _vectors(4, 20, 1)
     kw = dict(n_bootstrap=200, seed=3, progress=False)
-    ds = rdm.bootstrap_rdm_comparison(models, data, **kw)
-    ds2 = rdm.bootstrap_rdm_comparison(models, data, **kw)
+    ds = rsa.bootstrap_rdm_comparison(models, data, **kw)
+    ds2 = rsa.bootstrap_rdm_comparison(models, data, **kw)
     xr.testing.assert_identical(ds, ds2)
-    ds3 = rdm.bootstrap_rdm_comparison(models, data, **{**kw, "seed": 4})
+    ds3 = rsa.bootstrap_rdm_comparison(models, data, **{**kw, "seed": 4})
     assert not np.allclose(ds3.evaluation.values, ds.evaluation.values)
     assert ds.evaluation.dims == ("layer", "sample") and list(ds.layer.values) == ["l1", "l2"]
     assert ds.p_layer_vs_layer.dims == ("layer", "layer2")
     assert ds.attrs["seed"] == 3 and ds.attrs["over"] == "stimuli"
-    assert np.all((ds.ci_lower <= ds["mean"]) & (ds["mean"] <= ds.ci_upper))
-    np.testing.assert_allclose(ds.observed, rdm.compare_rdms(models, data).mean("rdm"), atol=1e-12)
-    np.testing.assert_allclose(ds.noise_ceiling, rdm.noise_ceiling(data), atol=1e-12)
+    assert np.all((ds.ci_low <= ds["mean"]) & (ds["mean"] <= ds.ci_high))
+    np.testing.assert_allclose(ds.observed, rsa.compare_rdms(models, data).mean("rdm"), atol=1e-12)
+    np.testing.assert_allclose(ds.noise_ceiling, rsa.noise_ceiling(data), atol=1e-12)
     # l1 is the signal shared with the data, l2 mostly noise
     assert ds.p_layer_vs_layer.sel(layer="l1", layer2="l2") < 0.01
     assert 0 < ds.p_layer_vs_layer.sel(layer="l1", layer2="l1") <= 1.0
     for over in ("subjects", "both"):
-        other = rdm.bootstrap_rdm_comparison(models, data, over=over, **kw)
+        other = rsa.bootstrap_rdm_comparison(models, data, over=over, **kw)
         assert np.isfinite(other.sd).all()
         assert other.attrs["over"] == over
 
@@ -405,7 +406,7 @@ def test_bootstrap_distribution_like_rsatoolbox(recwarn):
     from rsatoolbox.model import ModelFixed
 
     models, data = _vectors(2, 24, 1), _vectors(4, 24, 1)
-    ds = rdm.bootstrap_rdm_comparison(models, data, n_bootstrap=400, progress=False)
+    ds = rsa.bootstrap_rdm_comparison(models, data, n_bootstrap=400, progress=False)
     np.random.seed(0)
     res = eval_bootstrap_pattern([ModelFixed(f"m{i}", rsa_rdm.RDMs(m[None])) for i, m in enumerate(models)],
                                  rsa_rdm.RDMs(data), method="spearman", N=400)
@@ -419,22 +420,22 @@ def test_bootstrap_distribution_like_rsatoolbox(recwarn):
 def test_bootstrap_errors():
     data = _vectors(3, 10, 1)
     with pytest.raises(UnknownNameError, match="subjects"):
-        rdm.bootstrap_rdm_comparison(data[:1], data, over="subject", progress=False)
+        rsa.bootstrap_rdm_comparison(data[:1], data, over="subject", progress=False)
     with pytest.raises(InvalidDataError, match="over='subjects'"):
-        rdm.bootstrap_rdm_comparison(data[:1], data, "corr_cov", progress=False)
+        rsa.bootstrap_rdm_comparison(data[:1], data, method="corr_cov", progress=False)
     with pytest.raises(ShapeMismatchError, match="2 subjects"):
-        rdm.bootstrap_rdm_comparison(data[:1], data[:1], progress=False)
+        rsa.bootstrap_rdm_comparison(data[:1], data[:1], progress=False)
     with pytest.raises(InvalidDataError, match="n_bootstrap"):
-        rdm.bootstrap_rdm_comparison(data[:1], data, n_bootstrap=0)
+        rsa.bootstrap_rdm_comparison(data[:1], data, n_bootstrap=0)
     with pytest.raises(InvalidDataError, match="ci"):
-        rdm.bootstrap_rdm_comparison(data[:1], data, ci=1.5)
-    ds = rdm.bootstrap_rdm_comparison(data[:1], data, "corr_cov", over="subjects", n_bootstrap=20,
+        rsa.bootstrap_rdm_comparison(data[:1], data, ci=1.5)
+    ds = rsa.bootstrap_rdm_comparison(data[:1], data, method="corr_cov", over="subjects", n_bootstrap=20,
                                       progress=False)
     assert np.isfinite(ds.observed).all()
 
 
 def test_bootstrap_result_netcdf_round_trip(tmp_path):
-    ds = rdm.bootstrap_rdm_comparison(_vectors(2, 10, 1), _vectors(3, 10, 2), n_bootstrap=30,
+    ds = rsa.bootstrap_rdm_comparison(_vectors(2, 10, 1), _vectors(3, 10, 2), n_bootstrap=30,
                                       progress=False)
     ds.to_netcdf(tmp_path / "b.nc", engine="h5netcdf")
     back = xr.load_dataset(tmp_path / "b.nc", engine="h5netcdf")
@@ -444,75 +445,75 @@ def test_bootstrap_result_netcdf_round_trip(tmp_path):
 
 # ------------------------------------------------------------------ loaders, interop
 def test_92images_brain_rdms_and_noise_ceiling_vs_rsatoolbox():
-    brain = rdm.load_92images_brain_rdms()
+    brain = datasets.load_92images_brain_rdms()
     assert brain.dims == ("rdm", "stimulus", "stimulus2") and brain.shape == (8, 92, 92)
     assert brain.stimulus.values[0] == "92img_000" and brain.stimulus.values[-1] == "92img_091"
     assert list(brain.session.values) == [1, 2] * 4
     assert len(set(brain.subject.values)) == 4
-    raw = scipy.io.loadmat(rdm._fetch("data/92images/92_brainRDMs.mat"), squeeze_me=True,
+    raw = scipy.io.loadmat(datasets.fetch("data/92images/92_brainRDMs.mat"), squeeze_me=True,
                            struct_as_record=False)["RDMs"]
     np.testing.assert_array_equal(brain.values[3], raw[1, 1].RDM)
     for method in ("spearman", "pearson"):
-        nc = rdm.noise_ceiling(brain, method)
+        nc = rsa.noise_ceiling(brain, method=method)
         ref = boot_noise_ceiling(rsa_rdm.RDMs(brain.values), RSA_METHOD[method])
         np.testing.assert_allclose(nc.values, ref, atol=1e-12)
     per_subject = brain.groupby("subject").mean()
-    assert rdm.noise_ceiling(per_subject).attrs["n_subjects"] == 4
+    assert rsa.noise_ceiling(per_subject).attrs["n_subjects"] == 4
 
 
 def test_92images_reference_rdms():
-    ref = rdm.load_92images_reference_rdms()
+    ref = datasets.load_92images_reference_rdms()
     assert ref.shape == (10, 92, 92)
     assert list(ref.source.values) == ["brain"] * 2 + ["model"] * 8
     assert ref.rdm.values[0].startswith("mIT") and "animacy" in ref.rdm.values
     # the monkey-IT model RDM correlates with the recorded monkey IT RDM
-    assert float(rdm.compare_rdms(ref.isel(rdm=0), ref.sel(rdm="monkeyIT"))) > 0.3
+    assert float(rsa.compare_rdms(ref.isel(rdm=0), ref.sel(rdm="monkeyIT"))) > 0.3
 
 
 def test_load_rdms_formats(tmp_path):
-    stack = rdm.compute_rdm({"a": _activations(seed=1), "b": _activations(seed=2)}).values
+    stack = rsa.compute_rdm({"a": _activations(seed=1), "b": _activations(seed=2)}).values
     np.save(tmp_path / "r.npy", stack)
     np.savez(tmp_path / "r.npz", rdms=stack, other=np.arange(3))
     scipy.io.savemat(tmp_path / "r.mat", {"rdms": stack})
     for name in ("r.npy", "r.npz", "r.mat"):
-        got = rdm.load_rdms(tmp_path / name, stimulus_ids=[f"s{i:02d}" for i in range(12)])
+        got = rsa.load_rdms(tmp_path / name, stimulus_ids=[f"s{i:02d}" for i in range(12)])
         np.testing.assert_allclose(got.values, stack)
         assert got.dims == ("rdm", "stimulus", "stimulus2")
     np.save(tmp_path / "one.npy", stack[0])
-    assert rdm.load_rdms(tmp_path / "one.npy").shape == (1, 12, 12)
+    assert rsa.load_rdms(tmp_path / "one.npy").shape == (1, 12, 12)
     with pytest.raises(MissingFileError):
-        rdm.load_rdms(tmp_path / "nope.npy")
+        rsa.load_rdms(tmp_path / "nope.npy")
     np.savez(tmp_path / "two.npz", a=stack, b=stack)
     with pytest.raises(ShapeMismatchError, match="variable"):
-        rdm.load_rdms(tmp_path / "two.npz")
-    assert rdm.load_rdms(tmp_path / "two.npz", variable="b").shape == (2, 12, 12)
+        rsa.load_rdms(tmp_path / "two.npz")
+    assert rsa.load_rdms(tmp_path / "two.npz", variable="b").shape == (2, 12, 12)
     asym = stack.copy()
     asym[0, 0, 1] = 7.0
     np.save(tmp_path / "asym.npy", asym)
     with pytest.raises(InvalidDataError, match="symmetric"):
-        rdm.load_rdms(tmp_path / "asym.npy")
+        rsa.load_rdms(tmp_path / "asym.npy")
     np.save(tmp_path / "rect.npy", np.ones((3, 4)))
     with pytest.raises(ShapeMismatchError):
-        rdm.load_rdms(tmp_path / "rect.npy")
+        rsa.load_rdms(tmp_path / "rect.npy")
     with pytest.raises(ShapeMismatchError, match="ids"):
-        rdm.load_rdms(tmp_path / "r.npy", stimulus_ids=["x"])
+        rsa.load_rdms(tmp_path / "r.npy", stimulus_ids=["x"])
 
 
 def test_rsatoolbox_round_trip():
-    stacked = rdm.compute_rdm({"conv1": _activations(seed=1), "fc": _activations(seed=2)})
-    rs = rdm.to_rsatoolbox(stacked)
+    stacked = rsa.compute_rdm({"conv1": _activations(seed=1), "fc": _activations(seed=2)})
+    rs = rsa.to_rsatoolbox(stacked)
     assert rs.n_rdm == 2 and rs.dissimilarity_measure == "correlation"
     assert list(rs.pattern_descriptors["stimulus"]) == list(stacked.stimulus.values)
     assert list(rs.rdm_descriptors["layer"]) == ["conv1", "fc"]
     assert rs.descriptors["model"] == "tiny"
-    back = rdm.from_rsatoolbox(rs)
+    back = rsa.from_rsatoolbox(rs)
     xr.testing.assert_allclose(back, stacked)
     assert back.attrs["model"] == "tiny" and list(back.category.values) == list(stacked.category.values)
-    single = rdm.compute_rdm(_activations())
-    back1 = rdm.from_rsatoolbox(rdm.to_rsatoolbox(single))
+    single = rsa.compute_rdm(_activations())
+    back1 = rsa.from_rsatoolbox(rsa.to_rsatoolbox(single))
     assert back1.dims == ("stimulus", "stimulus2")
     np.testing.assert_allclose(back1.values, single.values, atol=1e-15)
-    plain = rdm.from_rsatoolbox(rsa_rdm.RDMs(_vectors(3, 6, 0)))
+    plain = rsa.from_rsatoolbox(rsa_rdm.RDMs(_vectors(3, 6, 0)))
     assert plain.dims == ("rdm", "stimulus", "stimulus2") and plain.stimulus.values[0] == "0"
 
 
@@ -521,9 +522,9 @@ def test_bootstrap_on_dask_equals_local():
     distributed = pytest.importorskip("distributed")
     rng = np.random.default_rng(5)
     models, brains = rng.random((3, 190)), rng.random((4, 190))
-    local = rdm.bootstrap_rdm_comparison(models, brains, n_bootstrap=300, over="both", seed=2, progress=False)
+    local = rsa.bootstrap_rdm_comparison(models, brains, n_bootstrap=300, over="both", seed=2, progress=False)
     with distributed.Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
-        remote = rdm.bootstrap_rdm_comparison(models, brains, n_bootstrap=300, over="both", seed=2,
+        remote = rsa.bootstrap_rdm_comparison(models, brains, n_bootstrap=300, over="both", seed=2,
                                               progress=False, client=client)
     np.testing.assert_array_equal(remote["evaluation"].values, local["evaluation"].values)
     np.testing.assert_array_equal(remote["noise_ceiling_samples"].values, local["noise_ceiling_samples"].values)

@@ -27,8 +27,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._validation import check_option
-from .exceptions import IntegrityError, MissingFileError
+from .._validation import check_option
+from ..exceptions import IntegrityError, MissingFileError
 
 __all__ = [
     "FileEntry",
