@@ -140,8 +140,12 @@ def epochs_array(epochs: Any, *, stimulus_ids: Any = None, times: Any = None, ru
             raise ShapeMismatchError(f"{runs.size} run labels for {n_trials} trials.")
     if not np.issubdtype(data.dtype, np.floating):
         data = data.astype(np.float64)
-    if not np.isfinite(data).all():
-        raise InvalidDataError("epochs hold NaN/inf samples; drop or interpolate those trials first.")
+    step = max(1, 2**24 // max(1, data[0].size))
+    for a in range(0, n_trials, step):  # in blocks: no full-size boolean copy
+        if not np.isfinite(data[a : a + step]).all():
+            bad = a + int(np.flatnonzero(~np.isfinite(data[a : a + step]).all((1, 2)))[0])
+            raise InvalidDataError(f"epochs hold NaN/inf samples (first in trial {bad}); drop or interpolate "
+                                   "those trials first.")
     return Epochs(data, ids, t, runs, sensors, attrs)
 
 
@@ -213,22 +217,29 @@ def _sqrt_psd(P: np.ndarray) -> np.ndarray:
 
 
 class _Chunker:
-    """Binned/windowed data of a range of output times, as float64 (trial, sensor, time)."""
+    """A range of output times as (trial, sensor, time), trials sorted by (fold, stimulus),
+    in the epochs' dtype (windows and bins averaged)."""
 
-    def __init__(self, data: np.ndarray, groups: list[np.ndarray] | None):
-        self.data, self.groups = data, groups
+    def __init__(self, data: np.ndarray, groups: list[np.ndarray] | None, order: np.ndarray):
+        self.data, self.groups, self.order = data, groups, order
 
     def __call__(self, a: int, b: int) -> np.ndarray:
         if self.groups is None:
-            return np.asarray(self.data[:, :, a:b], np.float64)
-        return np.stack([np.asarray(self.data[:, :, g], np.float64).mean(-1) for g in self.groups[a:b]], -1)
+            return self.data[self.order, :, a:b]
+        groups = self.groups[a:b]
+        lo, hi = min(int(g.min()) for g in groups), max(int(g.max()) for g in groups) + 1
+        block = self.data[self.order, :, lo:hi]
+        return np.stack([block[:, :, g - lo].mean(-1, dtype=np.float64) for g in groups], -1)
 
 
-def _condition_sums(X: torch.Tensor, codes: torch.Tensor, n_cond: int) -> torch.Tensor:
-    """(trial, sensor, time) -> per-condition sums (time, cond, sensor)."""
-    out = torch.zeros((n_cond,) + tuple(X.shape[1:]), dtype=X.dtype)
-    out.index_add_(0, codes, X)
-    return out.permute(2, 0, 1)
+def _segment_sums(Xs: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sorted (trial, sensor, time) -> sums of each (fold, stimulus) segment, (time, segment,
+    sensor), float64 accumulation; one pass (contiguous block sums, faster than reduceat)."""
+    ends = np.append(starts[1:], Xs.shape[0])
+    out = np.empty((len(starts),) + Xs.shape[1:])
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        Xs[a:b].sum(0, dtype=np.float64, out=out[k])
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 def _folds(ep: Epochs, codes: np.ndarray, n_cond: int, cv: str) -> np.ndarray:
@@ -258,55 +269,57 @@ def _folds(ep: Epochs, codes: np.ndarray, n_cond: int, cv: str) -> np.ndarray:
     return folds
 
 
-def _rdm_from_means(M: torch.Tensor, metric: str) -> torch.Tensor:
+def _gram(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Batched A @ B^T over time: (t, c, s) x (t, c, s) -> (t, c, c) (torch bmm, BLAS)."""
+    return torch.bmm(torch.from_numpy(A), torch.from_numpy(B).transpose(1, 2)).numpy()
+
+
+def _rdm_from_means(M: np.ndarray, metric: str) -> np.ndarray:
     """(time, cond, sensor) means -> (time, cond, cond) RDMs."""
     if metric == "correlation":
-        M = M - M.mean(-1, keepdim=True)
-    K = M @ M.transpose(1, 2)
-    d = torch.diagonal(K, dim1=1, dim2=2)
+        M = M - M.mean(-1, keepdims=True)
+    K = _gram(M, M)
+    d = np.diagonal(K, axis1=1, axis2=2)
     if metric in ("correlation", "cosine"):
-        if (d <= 1e-12 * d.amax(1, keepdim=True).clamp_min(1e-300)).any():
+        if (d <= 1e-12 * np.maximum(d.max(1, keepdims=True), 1e-300)).any():
             raise InvalidDataError(f"metric {metric!r}: a stimulus has a constant (all-equal) mean pattern at some time.")
-        inv = d.rsqrt()
+        inv = 1.0 / np.sqrt(d)
         return 1.0 - K * inv[:, :, None] * inv[:, None, :]
-    D = (d[:, :, None] + d[:, None, :] - 2.0 * K).clamp_min(0.0)
-    return D.sqrt() if metric == "euclidean" else D
+    D = np.maximum(d[:, :, None] + d[:, None, :] - 2.0 * K, 0.0)
+    return np.sqrt(D) if metric == "euclidean" else D
 
 
-def _crossnobis(X: torch.Tensor, codes: torch.Tensor, folds: np.ndarray, n_cond: int,
-                W: torch.Tensor | None) -> torch.Tensor:
-    """Leave-one-fold-out crossnobis as rsatoolbox (train: mean of the other folds' trials)."""
-    total = _condition_sums(X, codes, n_cond)
-    n_tot = torch.bincount(codes, minlength=n_cond).to(X.dtype)
+def _crossnobis(sums: np.ndarray, counts: np.ndarray, n_sensors: int, W: np.ndarray | None) -> np.ndarray:
+    """Leave-one-fold-out crossnobis as rsatoolbox (train: mean of the other folds' trials).
+
+    ``sums`` (time, fold, stimulus, sensor), ``counts`` (fold, stimulus)."""
+    total, n_tot = sums.sum(1), counts.sum(0)
     out = None
-    n_f = int(folds.max()) + 1
+    n_f = sums.shape[1]
     for f in range(n_f):
-        sel = torch.from_numpy(np.flatnonzero(folds == f))
-        fs = _condition_sums(X[sel], codes[sel], n_cond)
-        nf = torch.bincount(codes[sel], minlength=n_cond).to(X.dtype)
-        test = fs / nf[None, :, None]
-        train = (total - fs) / (n_tot - nf)[None, :, None]
+        test = sums[:, f] / counts[f][None, :, None]
+        train = (total - sums[:, f]) / (n_tot - counts[f])[None, :, None]
         if W is not None:
             test, train = _whiten(test, W), _whiten(train, W)
-        K = train @ test.transpose(1, 2)
-        dk = torch.diagonal(K, dim1=1, dim2=2)
-        D = dk[:, :, None] + dk[:, None, :] - K - K.transpose(1, 2)
+        K = _gram(train, test)
+        dk = np.diagonal(K, axis1=1, axis2=2)
+        D = dk[:, :, None] + dk[:, None, :] - K - K.transpose(0, 2, 1)
         out = D if out is None else out + D
-    return out / (n_f * X.shape[1])
+    return out / (n_f * n_sensors)
 
 
-def _whiten(M: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    return M @ W if W.ndim == 2 else torch.bmm(M, W)
+def _whiten(M: np.ndarray, W: np.ndarray) -> np.ndarray:
+    return M @ W if W.ndim == 2 else np.matmul(M, W)
 
 
-def _residual_sums(X: torch.Tensor, codes: torch.Tensor, n_cond: int, per_time: bool):
-    """Residuals from the stimulus means -> X^T X (per time or pooled), sum ||r||^4, n."""
-    sums = _condition_sums(X, codes, n_cond)  # (t, c, s)
-    n = torch.bincount(codes, minlength=n_cond).to(X.dtype)
-    means = (sums / n[None, :, None]).permute(1, 2, 0)  # (c, s, t)
-    R = (X - means[codes]).permute(2, 0, 1)  # (t, trial, s)
-    xx = R.transpose(1, 2) @ R  # (t, s, s)
-    x4 = (R * R).sum(-1).pow(2).sum(-1)  # (t,)
+def _residual_sums(Xs: np.ndarray, sums: np.ndarray, counts: np.ndarray, seg: np.ndarray, per_time: bool):
+    """Residuals from the stimulus means -> X^T X (per time or pooled), sum ||r||^4.
+
+    ``Xs`` sorted trials, ``sums``/``counts`` per segment, ``seg`` each trial's segment."""
+    means = sums / counts.reshape(-1)[None, :, None]  # (t, seg, s); fold segments: pool below
+    R = np.ascontiguousarray((Xs - means.transpose(1, 2, 0)[seg]).transpose(2, 0, 1))  # (t, trial, s)
+    xx = torch.bmm(torch.from_numpy(R).transpose(1, 2), torch.from_numpy(R)).numpy()  # (t, s, s)
+    x4 = ((R * R).sum(-1) ** 2).sum(-1)  # (t,)
     return (xx, x4) if per_time else (xx.sum(0), x4.sum())
 
 
@@ -414,43 +427,61 @@ def compute_rdm_movie(
         noise = np.asarray(noise, np.float64)
         if noise.shape != (n_sens, n_sens):
             raise ShapeMismatchError(f"noise must be ({n_sens}, {n_sens}) for {n_sens} sensors, got {noise.shape}.")
-        W = torch.from_numpy(_sqrt_psd(noise))
+        W = _sqrt_psd(noise)
     n_out = len(t_out)
     if chunk_size is None:
         chunk_size = max(1, min(n_out, _CHUNK_BYTES // max(1, n_trials * n_sens * 8)))
     chunk_size = check_positive_int("chunk_size", chunk_size)
-    get = _Chunker(ep.data, groups)
-    codes_t = torch.from_numpy(codes.astype(np.int64))
+    f_lab = folds if folds is not None else np.zeros(n_trials, np.int64)
+    n_f = int(f_lab.max()) + 1
+    order = np.lexsort((codes, f_lab))
+    seg = (f_lab * n_cond + codes)[order]  # segment of each sorted trial
+    starts = np.searchsorted(seg, np.arange(n_f * n_cond))
+    counts = np.bincount(seg, minlength=n_f * n_cond).astype(np.float64).reshape(n_f, n_cond)
+    get = _Chunker(ep.data, groups, order)
     spans = [(a, min(n_out, a + chunk_size)) for a in range(0, n_out, chunk_size)]
+
+    def stimulus_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fold segments pooled per stimulus (for means and MNN residuals)."""
+        if n_f == 1:
+            return sums, counts[0]
+        return sums.reshape(sums.shape[0], n_f, n_cond, -1).sum(1), counts.sum(0)
+
+    def residuals(Xs: np.ndarray, sums: np.ndarray, per_time: bool):
+        ssum, scount = stimulus_sums(sums)
+        return _residual_sums(Xs, ssum, scount, codes[order], per_time)
+
     shrink = []
     if noise_normalization == "epoch":
         xx, x4 = 0.0, 0.0
         for a, b in tqdm(spans, desc="noise covariance", disable=not progress, leave=False):
-            s_xx, s_x4 = _residual_sums(torch.from_numpy(get(a, b)), codes_t, n_cond, False)
-            xx, x4 = xx + s_xx.numpy(), x4 + float(s_x4)
-        cov, s = ledoit_wolf_covariance(xx, x4, n_trials * n_out)
-        shrink.append(s)
-        W = torch.from_numpy(_inv_sqrt(cov))
+            Xs = get(a, b)
+            s_xx, s_x4 = residuals(Xs, _segment_sums(Xs, starts), False)
+            xx, x4 = xx + s_xx, x4 + float(s_x4)
+        cov, shr = ledoit_wolf_covariance(xx, x4, n_trials * n_out)
+        shrink.append(shr)
+        W = _inv_sqrt(cov)
     out = np.empty((n_out, n_cond, n_cond))
-    n = torch.bincount(codes_t, minlength=n_cond).to(torch.float64)
     for a, b in tqdm(spans, desc="RDM movie", disable=not progress, leave=False):
-        X = torch.from_numpy(get(a, b))
+        Xs = get(a, b)
+        sums = _segment_sums(Xs, starts)
         Wc = W
         if noise_normalization == "time":
-            xx, x4 = _residual_sums(X, codes_t, n_cond, True)
-            covs = [ledoit_wolf_covariance(xx[i].numpy(), float(x4[i]), n_trials) for i in range(len(xx))]
+            xx, x4 = residuals(Xs, sums, True)
+            covs = [ledoit_wolf_covariance(xx[i], float(x4[i]), n_trials) for i in range(len(xx))]
             shrink.extend(c[1] for c in covs)
-            Wc = torch.from_numpy(_inv_sqrt(np.stack([c[0] for c in covs])))
+            Wc = _inv_sqrt(np.stack([c[0] for c in covs]))
         if metric == "crossnobis":
-            D = _crossnobis(X, codes_t, folds, n_cond, Wc)
+            D = _crossnobis(sums.reshape(sums.shape[0], n_f, n_cond, n_sens), counts, n_sens, Wc)
         else:
-            M = _condition_sums(X, codes_t, n_cond) / n[None, :, None]
+            ssum, scount = stimulus_sums(sums)
+            M = ssum / scount[None, :, None]
             if Wc is not None:
                 M = _whiten(M, Wc)
             D = _rdm_from_means(M, metric)
-        D = (D + D.transpose(1, 2)) / 2
-        D.diagonal(dim1=1, dim2=2).zero_()
-        out[a:b] = D.numpy()
+        D = (D + D.transpose(0, 2, 1)) / 2
+        out[a:b] = D
+        out[a:b, np.arange(n_cond), np.arange(n_cond)] = 0.0
     attrs: dict[str, Any] = {k: v for k, v in ep.attrs.items()}
     attrs.update(metric=metric, n_trials=int(n_trials), n_sensors=int(n_sens), neurocnn_version=version(),
                  noise_normalization=noise_normalization or "none", noise="given" if noise is not None else "none",
