@@ -78,6 +78,7 @@ def worker(args: argparse.Namespace) -> None:
         import neurocnn.rsa  # noqa: F401
     else:
         import rsatoolbox.rdm  # noqa: F401
+    fn(np.ascontiguousarray(x[:, :, :2]), ids, runs, args.metric)  # warm-up (thread pools, lazy imports)
     best = None
     for _ in range(args.repeats):
         w, c = time.perf_counter(), time.process_time()
