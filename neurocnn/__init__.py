@@ -33,8 +33,8 @@ _EXPORTS = {
     "load": "io",
 }
 _SUBMODULES = (
-    "attribution", "cli", "concepts", "datasets", "dissection", "encoding", "exceptions", "io", "lesions",
-    "models", "plotting", "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks",
+    "attribution", "cli", "clusters", "concepts", "datasets", "dissection", "encoding", "exceptions", "io",
+    "lesions", "models", "plotting", "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks",
     "visualization",
 )
 _DEPRECATED = ("rdm",)  # 0.1 name of rsa; importable, not exported

@@ -305,6 +305,7 @@ class _Job:
     metric: str
     method: str
     min_voxels: int
+    keep_null: bool = False  # also return every permutation's map (c, perm, L)
 
 
 def _neighbours(job: _Job, start: int, stop: int) -> np.ndarray:
@@ -348,9 +349,15 @@ def _run_batch(job: _Job, start: int, stop: int) -> dict[str, np.ndarray]:
             exceed = np.zeros((stop - start, L))
             exceed[valid] = (null >= out[valid][:, None, :] - 1e-12).sum(1)
             result["exceed"] = exceed
+            if job.keep_null:
+                full = np.full((stop - start,) + null.shape[1:], np.nan)
+                full[valid] = null
+                result["null"] = full
     if job.Bperm is not None and "null_max" not in result:
         result["null_max"] = np.full((job.Bperm.shape[0] // L, L), -np.inf)
         result["exceed"] = np.zeros((stop - start, L))
+        if job.keep_null:
+            result["null"] = np.full((stop - start, job.Bperm.shape[0] // L, L), np.nan)
     return result
 
 
@@ -424,6 +431,8 @@ def _run_all(job: _Job, batch: int, client: Any, progress: bool, desc: str) -> d
     if job.Bperm is not None:
         out["null_max"] = np.max(np.stack([p["null_max"] for p in parts]), 0)
         out["exceed"] = np.concatenate([p["exceed"] for p in parts])
+        if job.keep_null:
+            out["null"] = np.concatenate([p["null"] for p in parts])
     return out
 
 
@@ -492,6 +501,7 @@ def searchlight(
     progress: bool = True,
     n_permutations: int = 0,
     seed: int = 0,
+    return_null: bool = False,
 ) -> xr.Dataset:
     """Searchlight RSA: correlate every voxel's sphere RDM with each model layer's RDM.
 
@@ -542,6 +552,11 @@ def searchlight(
         Adds ``p_uncorrected`` and ``p_fwe`` (max statistic over voxels, per layer).
     seed : int
         Seed of the permutations (recorded in attrs).
+    return_null : bool
+        One subject with ``n_permutations``: also return every permutation's map as
+        ``null_correlation`` (permutation, layer, voxel), float64, for cluster-level
+        inference (:func:`neurocnn.clusters.searchlight_cluster_test`). Memory:
+        ``8 * n_permutations * n_layers * n_centres`` bytes.
 
     Returns
     -------
@@ -578,6 +593,12 @@ def searchlight(
         n_permutations = check_positive_int("n_permutations", n_permutations)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
+    if return_null and (not n_permutations or isinstance(brain, Mapping)):
+        raise InvalidDataError(
+            "return_null=True needs one subject (not a dict) and n_permutations > 0: it returns "
+            "the stimulus-label permutation maps (for several subjects, the sign-flip null "
+            "comes from subject_correlation, see neurocnn.clusters.group_searchlight_test)."
+        )
     B, model_ids, layers, model_attrs = _model_stack(model_rdms)
     n_stim = len(model_ids)
     if n_stim < 3:
@@ -610,12 +631,15 @@ def searchlight(
         ids = _resolve_ids(stimulus_ids, data.shape[-1], model_ids)
         X = _brain_matrix(data, usable, ids, model_ids)
         Xp = np.concatenate([X, np.zeros((1, n_stim))], 0)
-        job = _Job(Xp, index, centres, offsets, B, Bprep, Bperm, metric, method, min_voxels)
+        job = _Job(Xp, index, centres, offsets, B, Bprep, Bperm, metric, method, min_voxels,
+                   keep_null=return_null)
         res = _run_all(job, batch_size, client, progress, f"searchlight {name}" if multi else "searchlight")
         scores.append(res["score"].T)  # (L, V)
         count = res["count"]
         if Bperm is not None:
             null_parts = (res["exceed"].T, res["null_max"])
+        if return_null:
+            null_maps = res["null"].transpose(1, 2, 0)  # (perm, L, V)
     if not np.isfinite(scores[0]).any():
         raise InvalidDataError(
             f"no centre has a usable sphere: spheres of radius {radius} mm hold at most "
@@ -630,6 +654,8 @@ def searchlight(
         "x": ("voxel", world[:, 0]), "y": ("voxel", world[:, 1]), "z": ("voxel", world[:, 2]),
     })
     data_vars["n_voxels"] = ("voxel", count.astype(np.int64))
+    if return_null:
+        data_vars["null_correlation"] = (("permutation", "layer", "voxel"), null_maps)
     attrs: dict[str, Any] = {
         f"model_{k}": v for k, v in clean_attrs(model_attrs).items()
         if k in ("model", "weights_sha256", "metric", "preprocessing", "neurocnn_version")

@@ -96,6 +96,10 @@ def _fake_results(out: Path, extra: tuple[str, ...] = ()) -> Path:
     nc.io.save(_searchlight(6, LAYERS[:2]), out / "searchlight_demo" / "searchlight.nc")
     _png(out / "searchlight_demo" / "searchlight_overview.png")
     nc.io.save(_searchlight(5, ["category", "animacy"]), out / "haxby_searchlight" / "haxby_searchlight.nc")
+    p_maps = np.linspace(0.01, 1, 10).reshape(2, 5)
+    nc.io.save(xr.Dataset({v: (("layer", "voxel"), p_maps) for v in ("p_fwe", "p_fwe_cluster_mass", "p_fwe_tfce")},
+                          coords={"layer": ["category", "animacy"]}, attrs={"cluster_p": 0.01}),
+               out / "haxby_searchlight" / "haxby_clusters.nc")
     _png(out / "haxby_searchlight" / "haxby_searchlight.png")
 
     rf = xr.Dataset(
@@ -204,6 +208,7 @@ def test_every_field_is_filled_from_the_results(results: Path) -> None:
     assert "(Welch t, Benjamini-Hochberg FDR at q = 0.05)" in text
     assert "(Table 5)" in text  # virtual TMS is the fifth table
     assert "were not run in this build" in text
+    assert "| animacy | TFCE | 0.560 | 0 |" in text and "at the 0.01 upper tail" in text
 
 
 def test_failed_run_recorded_in_run_times_fails(results: Path) -> None:

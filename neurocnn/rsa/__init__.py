@@ -10,7 +10,10 @@ Model-brain RSA for a CNN "virtual subject":
   ``rsatoolbox.rdm.compare`` and the same numbers.
 * :func:`noise_ceiling` and :func:`bootstrap_rdm_comparison` give Nili et al. (2014)
   noise ceilings and seeded, vectorized bootstraps over stimuli and/or subjects.
-* :func:`meg_layer_time_correlation` gives layer x time curves with peak latencies.
+* :func:`meg_layer_time_correlation` gives layer x time curves with peak latencies;
+  :func:`compute_rdm_movie` makes the RDM movies from MNE epochs or arrays (``movie.py``),
+  :func:`layer_time_curves` the curves straight from epochs with cluster tests and
+  latencies, :func:`meg_fmri_fusion` the MEG-fMRI fusion movie (``fusion.py``).
 * :func:`load_rdms`, :func:`load_meg_rdms` read user RDM files; :func:`to_rsatoolbox`
   and :func:`from_rsatoolbox` convert. The 92-image brain RDMs are in
   :mod:`neurocnn.datasets`.
@@ -45,6 +48,8 @@ from .compare import compare_rdms
 from .inference import bootstrap_rdm_comparison, noise_ceiling
 from .io import from_rsatoolbox, load_meg_rdms, load_rdms, to_rsatoolbox
 from .timecourse import meg_layer_time_correlation
+from .movie import MOVIE_METRICS, compute_rdm_movie, epochs_array, simulate_epochs
+from .fusion import fusion_to_nifti, layer_time_curves, meg_fmri_fusion, rdm_time_generalization
 
 __all__ = [
     "METRICS",
@@ -57,6 +62,14 @@ __all__ = [
     "noise_ceiling",
     "bootstrap_rdm_comparison",
     "meg_layer_time_correlation",
+    "MOVIE_METRICS",
+    "compute_rdm_movie",
+    "epochs_array",
+    "simulate_epochs",
+    "layer_time_curves",
+    "rdm_time_generalization",
+    "meg_fmri_fusion",
+    "fusion_to_nifti",
     "load_rdms",
     "load_meg_rdms",
     "to_rsatoolbox",
