@@ -30,9 +30,10 @@ _EXPORTS = {
     "fetch": "datasets",
     "save": "io",
     "load": "io",
+    "set_num_threads": "forward",
 }
 _SUBMODULES = (
-    "attribution", "cli", "datasets", "exceptions", "io", "lesions", "models", "plotting",
+    "attribution", "cli", "datasets", "exceptions", "forward", "io", "lesions", "models", "plotting",
     "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks", "visualization",
 )
 _DEPRECATED = ("rdm",)  # 0.1 name of rsa; importable, not exported

@@ -9,6 +9,7 @@ the same channels after it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ __all__ = [
     "spec_from_module",
     "load_model",
     "imagenet_categories",
+    "state_dict_sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -383,3 +385,16 @@ def _check_hash_in_name(path: Path, sha: str) -> None:
             f"{path} is named for sha256 prefix {match.group(1)} but its sha256 is {sha}: the "
             "file is corrupt or incomplete. Download it again."
         )
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """Return the sha256 of a model's state dict (names and tensor bytes, in order).
+
+    The weights id of a user module, and the check that cached intact outputs still
+    belong to the current weights.
+    """
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
