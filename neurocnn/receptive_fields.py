@@ -33,8 +33,9 @@ import xarray as xr
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from ._validation import check_fraction, check_option, check_positive_int
+from ._validation import check_fraction, check_index, check_option, check_positive_int
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
+from .forward import model_on
 from .stimuli import load_stimuli
 from .subject import VirtualSubject, version
 
@@ -229,10 +230,8 @@ def _input_hw(subject: VirtualSubject, input_size: int | tuple[int, int] | None)
     if input_size is not None:
         return _pair(input_size)
     pre = subject.preprocessing
-    if pre.crop is not None:
-        return (pre.crop, pre.crop)
-    if isinstance(pre.resize, tuple):
-        return tuple(pre.resize)
+    if pre.crop is not None or isinstance(pre.resize, tuple):
+        return subject.input_size()
     raise ShapeMismatchError(
         "The subject's preprocessing keeps the image size, so the input size is unknown: pass "
         "input_size=(height, width)."
@@ -588,9 +587,7 @@ def empirical_rf(
     if window > min(hw):
         raise ShapeMismatchError(f"The occluder ({window} px) is larger than the {hw[0]} x {hw[1]} image.")
     (gy, gx), _ = _geometries(subject, [layer], hw)[layer]
-    run_device = torch.device(device) if device is not None else subject.device
-    subject.model.to(run_device)
-    try:
+    with model_on(subject.model, device, subject.device) as run_device:
         peaks, uy, ux = _top_images(subject, stim, layer, channel_list, batch_size, progress)
         order = np.argsort(-peaks, axis=0, kind="stable")[:top_k].T  # (unit, rank)
         units = np.arange(len(channel_list))[:, None]
@@ -602,8 +599,6 @@ def empirical_rf(
             subject, stim, layer, channel_list, order, uy[order, units], ux[order, units],
             peaks[order, units], (top, left, patches), (gy, gx), batch_size, run_device, progress,
         )
-    finally:
-        subject.model.to(subject.device)
     maps = maps.reshape(len(channel_list), top_k, len(ys), len(xs))
     centre_y = gy.start + uy[order, units] * gy.jump + (gy.size - 1) / 2
     centre_x = gx.start + ux[order, units] * gx.jump + (gx.size - 1) / 2
@@ -796,7 +791,7 @@ def plot_discrepancy_maps(result: xr.Dataset, unit: int = 0, *, ncols: int = 5):
     """
     import matplotlib.pyplot as plt
 
-    _check_index("unit", unit, result.sizes["unit"])
+    check_index("unit", unit, result.sizes["unit"])
     maps = result["discrepancy"].isel(unit=unit)
     k = maps.sizes["rank"]
     ncols = max(1, min(ncols, k))
@@ -828,7 +823,7 @@ def plot_rfs(result: xr.Dataset, units: Sequence[int] | None = None, *, ncols: i
 
     units = list(range(result.sizes["unit"])) if units is None else list(units)
     for u in units:
-        _check_index("unit", u, result.sizes["unit"])
+        check_index("unit", u, result.sizes["unit"])
     ncols = max(1, min(ncols, len(units)))
     nrows = -(-len(units) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2 * nrows), squeeze=False)
@@ -866,8 +861,3 @@ def _extent(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     dx = (x[1] - x[0]) / 2 if len(x) > 1 else 0.5
     dy = (y[1] - y[0]) / 2 if len(y) > 1 else 0.5
     return (float(x[0] - dx), float(x[-1] + dx), float(y[-1] + dy), float(y[0] - dy))
-
-
-def _check_index(name: str, value: int, n: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < n:
-        raise InvalidDataError(f"{name}={value!r} is out of range; valid: 0..{n - 1}.")

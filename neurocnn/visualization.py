@@ -33,11 +33,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_finite, check_option, check_positive_int
-from .attribution import _REDUCE, Target, as_stimuli, input_size, resolve_target
+from .attribution import REDUCTIONS, Target, as_stimuli, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .plotting import image_grid
 from .stimuli import load_stimuli
-from .subject import VirtualSubject, _input_size
+from .forward import model_on
+from .subject import VirtualSubject
 
 __all__ = [
     "activation_maps",
@@ -353,7 +354,7 @@ def top_examples(
         flat_pos = np.zeros(len(stim), dtype=int)
     score = values.reshape(len(stim), -1)[np.arange(len(stim)), flat_pos]
     order = np.argsort(score if bottom else -score, kind="stable")[:k]
-    hw = input_size(subject, stim)
+    hw = subject.input_size(stim)
     if spatial:
         map_hw = values.shape[1:]
         pos_y, pos_x = np.unravel_index(flat_pos[order], map_hw)
@@ -499,19 +500,6 @@ def _on_device(subject: VirtualSubject, device: str | torch.device | None) -> to
     return torch.device(device) if device is not None else subject.device
 
 
-class _ModelOn:
-    """Context: the subject's model on ``device``, moved back afterwards."""
-
-    def __init__(self, subject: VirtualSubject, device: torch.device) -> None:
-        self.subject, self.device = subject, device
-
-    def __enter__(self) -> None:
-        self.subject.model.to(self.device)
-
-    def __exit__(self, *_exc: object) -> None:
-        self.subject.model.to(self.subject.device)
-
-
 def _value(subject: VirtualSubject, target: Target, img: torch.Tensor) -> torch.Tensor:
     """Target value (N,) of images in [0, 1]."""
     try:
@@ -633,7 +621,7 @@ def maximize_activation(
     """
     check_positive_int("steps", steps)
     check_option("parameterization", parameterization, _PARAMETERIZATIONS)
-    check_option("objective", objective, _REDUCE)
+    check_option("objective", objective, REDUCTIONS)
     lr = _check_nonnegative("lr", lr)
     settings = {
         "l2_decay": _check_nonnegative("l2_decay", l2_decay),
@@ -644,7 +632,7 @@ def maximize_activation(
         raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
     if isinstance(blur_every, bool) or not isinstance(blur_every, (int, np.integer)) or blur_every < 0:
         raise InvalidDataError(f"blur_every must be an integer >= 0 (0: never), got {blur_every!r}.")
-    side = _input_size(subject.preprocessing) if size is None else size
+    side = subject.input_size()[0] if size is None else size
     hw = (side, side) if isinstance(side, (int, np.integer)) else tuple(int(s) for s in side)
     uy, ux = (None, None) if unit is None else (int(unit[0]), int(unit[1]))
     target = resolve_target(
@@ -657,7 +645,7 @@ def maximize_activation(
     image = _ImageParam(parameterization, hw, decorrelate, generator, run_device)
     optimizer = torch.optim.Adam([image.param], lr=lr)
     trace = np.empty(steps, dtype=np.float64)
-    with _ModelOn(subject, run_device):
+    with model_on(subject.model, run_device, subject.device):
         with torch.no_grad():
             initial = float(_value(subject, target, image.image())[0])
         for step in tqdm(range(steps), desc="maximize activation", disable=not progress):
@@ -794,7 +782,7 @@ def deep_dream(
     """
     check_positive_int("octaves", octaves)
     check_positive_int("steps_per_octave", steps_per_octave)
-    check_option("objective", objective, _REDUCE)
+    check_option("objective", objective, REDUCTIONS)
     lr = _check_nonnegative("lr", lr)
     if not math.isfinite(octave_scale) or octave_scale <= 1:
         raise InvalidDataError(f"octave_scale must be > 1, got {octave_scale}.")
@@ -802,7 +790,7 @@ def deep_dream(
         raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
     generator = torch.Generator().manual_seed(seed)
     if image is None:
-        side = _input_size(subject.preprocessing)
+        side = subject.input_size()[0]
         base = (0.5 + 0.1 * torch.randn((1, 3, side, side), generator=generator)).clamp(0, 1)
         source = "noise"
     else:
@@ -815,7 +803,7 @@ def deep_dream(
 
     def value(img: torch.Tensor) -> torch.Tensor:
         out = subject.forward_layers(subject.preprocessing.normalize(img), [dotted], grad=True)[dotted]
-        return _REDUCE[objective](out[:, index]).sum()
+        return REDUCTIONS[objective](out[:, index]).sum()
 
     run_device = _on_device(subject, device)
     sizes = [
@@ -825,7 +813,7 @@ def deep_dream(
     base = base.to(run_device)
     detail = torch.zeros(1, 3, *sizes[0], device=run_device)
     trace, trace_octave = [], []
-    with _ModelOn(subject, run_device), tqdm(total=octaves * steps_per_octave, desc="deep dream", disable=not progress) as bar:
+    with model_on(subject.model, run_device, subject.device), tqdm(total=octaves * steps_per_octave, desc="deep dream", disable=not progress) as bar:
         for level, level_hw in enumerate(sizes):
             level_base = _resize(base, level_hw) if level_hw != hw else base
             img = (level_base + _resize(detail, level_hw)).clamp(0, 1)
