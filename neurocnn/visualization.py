@@ -20,9 +20,11 @@ the loop, so every image is a valid stimulus.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -35,9 +37,9 @@ from tqdm.auto import tqdm
 from ._validation import check_finite, check_option, check_positive_int
 from .attribution import REDUCTIONS, Target, as_stimuli, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
+from .forward import model_on
 from .plotting import image_grid
 from .stimuli import load_stimuli
-from .forward import model_on
 from .subject import VirtualSubject
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "top_examples",
     "plot_top_examples",
     "maximize_activation",
+    "Regularizers",
     "deep_dream",
     "plot_images",
 ]
@@ -513,6 +516,52 @@ def _value(subject: VirtualSubject, target: Target, img: torch.Tensor) -> torch.
 _PARAMETERIZATIONS = ("pixel", "fourier")
 
 
+@dataclass(frozen=True)
+class Regularizers:
+    """Image regularizers of :func:`maximize_activation`, validated on creation.
+
+    Parameters
+    ----------
+    jitter : int
+        Maximum random roll (pixels) per step; 0 disables.
+    blur_every : int
+        Blur every ``blur_every`` steps (0: never).
+    blur_sigma : float
+        Gaussian blur sigma (pixels).
+    l2_decay : float
+        Fraction by which the parameters shrink each step.
+    tv_weight : float
+        Weight of the total-variation penalty.
+
+    Raises
+    ------
+    InvalidDataError
+        Negative or non-integer values.
+    """
+
+    jitter: int = 8
+    blur_every: int = 0
+    blur_sigma: float = 0.5
+    l2_decay: float = 0.0
+    tv_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("l2_decay", "tv_weight", "blur_sigma"):
+            object.__setattr__(self, name, _check_nonnegative(name, getattr(self, name)))
+        jitter, blur_every = self.jitter, self.blur_every
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
+            raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
+        if isinstance(blur_every, bool) or not isinstance(blur_every, (int, np.integer)) or blur_every < 0:
+            raise InvalidDataError(f"blur_every must be an integer >= 0 (0: never), got {blur_every!r}.")
+        object.__setattr__(self, "jitter", int(jitter))
+        object.__setattr__(self, "blur_every", int(blur_every))
+
+    def attrs(self) -> dict[str, Any]:
+        """The settings for result attrs."""
+        return {"jitter": self.jitter, "blur_every": self.blur_every, "l2_decay": self.l2_decay,
+                "tv_weight": self.tv_weight, "blur_sigma": self.blur_sigma}
+
+
 def maximize_activation(
     subject: VirtualSubject,
     layer: str | None = None,
@@ -526,17 +575,14 @@ def maximize_activation(
     minimize: bool = False,
     steps: int = 256,
     lr: float = 0.05,
-    jitter: int = 8,
-    blur_every: int = 0,
-    blur_sigma: float = 0.5,
-    l2_decay: float = 0.0,
-    tv_weight: float = 0.0,
+    regularizers: Regularizers | None = None,
     parameterization: Parameterization = "fourier",
     decorrelate: bool = True,
     size: int | tuple[int, int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    **regularizer_options: Any,
 ) -> xr.Dataset:
     """Synthesize the image that maximizes (or minimizes) a unit, channel, layer or class.
 
@@ -574,16 +620,12 @@ def maximize_activation(
         Optimization steps.
     lr : float
         Adam learning rate.
-    jitter : int
-        Maximum random roll (pixels) per step; 0 disables.
-    blur_every : int
-        Blur every ``blur_every`` steps (0: never).
-    blur_sigma : float
-        Gaussian blur sigma (pixels).
-    l2_decay : float
-        Fraction by which the parameters shrink each step.
-    tv_weight : float
-        Weight of the total-variation penalty.
+    regularizers : Regularizers, optional
+        Jitter, blur, L2 decay and total-variation weight in one object (default
+        ``Regularizers()``); see :class:`Regularizers`.
+    **regularizer_options
+        ``jitter``, ``blur_every``, ``blur_sigma``, ``l2_decay``, ``tv_weight`` given one
+        by one (override the fields of ``regularizers``).
     parameterization : {"pixel", "fourier"}
         Spatial basis of the image (Fourier: 1/f-scaled spectrum, Olah et al. 2017).
     decorrelate : bool
@@ -623,15 +665,7 @@ def maximize_activation(
     check_option("parameterization", parameterization, _PARAMETERIZATIONS)
     check_option("objective", objective, REDUCTIONS)
     lr = _check_nonnegative("lr", lr)
-    settings = {
-        "l2_decay": _check_nonnegative("l2_decay", l2_decay),
-        "tv_weight": _check_nonnegative("tv_weight", tv_weight),
-        "blur_sigma": _check_nonnegative("blur_sigma", blur_sigma),
-    }
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
-        raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
-    if isinstance(blur_every, bool) or not isinstance(blur_every, (int, np.integer)) or blur_every < 0:
-        raise InvalidDataError(f"blur_every must be an integer >= 0 (0: never), got {blur_every!r}.")
+    regs = _regularizers(regularizers, regularizer_options)
     side = subject.input_size()[0] if size is None else size
     hw = (side, side) if isinstance(side, (int, np.integer)) else tuple(int(s) for s in side)
     uy, ux = (None, None) if unit is None else (int(unit[0]), int(unit[1]))
@@ -639,36 +673,12 @@ def maximize_activation(
         subject, layer=layer, channel=channel, y=uy, x=ux, class_index=class_index, class_name=class_name,
         reduce=objective, log_softmax=softmax, allow_whole_layer=True, size=hw,
     )
-    sign = -1.0 if minimize else 1.0
     run_device = _on_device(subject, device)
     generator = torch.Generator().manual_seed(seed)
     image = _ImageParam(parameterization, hw, decorrelate, generator, run_device)
-    optimizer = torch.optim.Adam([image.param], lr=lr)
-    trace = np.empty(steps, dtype=np.float64)
     with model_on(subject.model, run_device, subject.device):
-        with torch.no_grad():
-            initial = float(_value(subject, target, image.image())[0])
-        for step in tqdm(range(steps), desc="maximize activation", disable=not progress):
-            optimizer.zero_grad()
-            img = image.image()
-            value = _value(subject, target, _jitter(img, jitter, generator))[0]
-            loss = -sign * value + settings["tv_weight"] * _total_variation(img)
-            loss.backward()
-            if step == 0 and not image.param.grad.any():
-                raise InvalidDataError(
-                    f"The target ({target.description}) has zero gradient at the seeded start image, so "
-                    "the optimization cannot move: the unit is silent there (e.g. behind a ReLU). Target "
-                    "the pre-activation layer instead (e.g. 'conv5' rather than 'relu5'), or another seed."
-                )
-            optimizer.step()
-            trace[step] = float(value.detach())
-            if settings["l2_decay"] > 0:
-                image.decay(settings["l2_decay"])
-            if blur_every and (step + 1) % blur_every == 0 and settings["blur_sigma"] > 0:
-                image.blur(settings["blur_sigma"])
-        with torch.no_grad():
-            final_img = image.image()
-            final = float(_value(subject, target, final_img)[0])
+        trace, values, final_img = _ascend(subject, target, image, regs, steps=steps, lr=lr,
+                                           sign=-1.0 if minimize else 1.0, generator=generator, progress=progress)
     check_finite("objective trace", trace)
     attrs = {
         **subject.provenance(target.layer or subject.layers[-1]),
@@ -680,14 +690,12 @@ def maximize_activation(
         "steps": int(steps),
         "lr": lr,
         "optimizer": "Adam",
-        "jitter": int(jitter),
-        "blur_every": int(blur_every),
-        **settings,
+        **regs.attrs(),
         "parameterization": parameterization,
         "decorrelate": int(decorrelate),
         "seed": int(seed),
-        "initial_activation": initial,
-        "final_activation": final,
+        "initial_activation": values[0],
+        "final_activation": values[1],
     }
     return xr.Dataset(
         {
@@ -697,6 +705,51 @@ def maximize_activation(
         coords={"step": np.arange(1, steps + 1), "rgb": ["r", "g", "b"]},
         attrs=attrs,
     )
+
+
+_REGULARIZER_FIELDS = ("jitter", "blur_every", "blur_sigma", "l2_decay", "tv_weight")
+
+
+def _regularizers(regularizers: Regularizers | None, options: dict[str, Any]) -> Regularizers:
+    """``regularizers`` with the fields given one by one replaced (unknown names: TypeError)."""
+    unknown = sorted(set(options) - set(_REGULARIZER_FIELDS))
+    if unknown:
+        raise TypeError(f"maximize_activation() got unexpected keyword argument(s) {unknown}; "
+                        f"regularizer options are {list(_REGULARIZER_FIELDS)}.")
+    base = regularizers if regularizers is not None else Regularizers()
+    return dataclasses.replace(base, **options) if options else base
+
+
+def _ascend(subject: VirtualSubject, target: Target, image: _ImageParam, regs: Regularizers, *, steps: int,
+            lr: float, sign: float, generator: torch.Generator, progress: bool
+            ) -> tuple[np.ndarray, tuple[float, float], torch.Tensor]:
+    """Gradient ascent (Adam) on ``image``: the objective trace, (initial, final) target values, final image."""
+    optimizer = torch.optim.Adam([image.param], lr=lr)
+    trace = np.empty(steps, dtype=np.float64)
+    with torch.no_grad():
+        initial = float(_value(subject, target, image.image())[0])
+    for step in tqdm(range(steps), desc="maximize activation", disable=not progress):
+        optimizer.zero_grad()
+        img = image.image()
+        value = _value(subject, target, _jitter(img, regs.jitter, generator))[0]
+        loss = -sign * value + regs.tv_weight * _total_variation(img)
+        loss.backward()
+        if step == 0 and not image.param.grad.any():
+            raise InvalidDataError(
+                f"The target ({target.description}) has zero gradient at the seeded start image, so "
+                "the optimization cannot move: the unit is silent there (e.g. behind a ReLU). Target "
+                "the pre-activation layer instead (e.g. 'conv5' rather than 'relu5'), or another seed."
+            )
+        optimizer.step()
+        trace[step] = float(value.detach())
+        if regs.l2_decay > 0:
+            image.decay(regs.l2_decay)
+        if regs.blur_every and (step + 1) % regs.blur_every == 0 and regs.blur_sigma > 0:
+            image.blur(regs.blur_sigma)
+    with torch.no_grad():
+        final_img = image.image()
+        final = float(_value(subject, target, final_img)[0])
+    return trace, (initial, final), final_img
 
 
 # ----------------------------------------------------------------- DeepDream
