@@ -34,8 +34,8 @@ from torch import nn
 
 from ._validation import check_finite, check_fraction, check_option, check_positive_int
 from .exceptions import InvalidDataError, NoSelectiveUnitsError, StimulusError
-from .stimuli import StimulusSet, load_stimuli
 from .models import state_dict_sha256
+from .stimuli import StimulusSet, load_stimuli
 from .subject import VirtualSubject
 
 __all__ = [

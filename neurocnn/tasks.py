@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ._validation import check_fraction, check_option, check_positive_int
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError
 from .forward import CachedOutputs as _Engine
-from .forward import pool_features as _pool
+from .forward import pool_features as _pool  # noqa: F401 - the pooling of readout features
 from .lesions import Lesion, active_lesions, knockout, layer_size, random_units, synapse_knockout
 from .stimuli import StimulusSet, load_stimuli
 from .subject import VirtualSubject

@@ -37,6 +37,10 @@ from tqdm.auto import tqdm
 from ._validation import check_finite, check_option, check_positive_int
 from .attribution import REDUCTIONS, Target, as_stimuli, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
+from ._image_param import ImageParam as _ImageParam
+from ._image_param import jitter as _jitter
+from ._image_param import shift as _shift
+from ._image_param import total_variation as _total_variation
 from .forward import model_on
 from .plotting import image_grid
 from .stimuli import load_stimuli
@@ -60,11 +64,6 @@ logger.addHandler(logging.NullHandler())
 
 Objective = Literal["mean", "max", "sum", "l2"]
 Parameterization = Literal["pixel", "fourier"]
-
-#: Square root of the ImageNet colour covariance (Olah et al. 2017 / lucid), columns normalized.
-_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
-_COLOR_SQRT = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
-
 
 # ----------------------------------------------------------- activation maps
 def _one_image(image: Any) -> tuple[torch.Tensor, str]:
@@ -414,84 +413,6 @@ def plot_top_examples(result: xr.Dataset, *, ncols: int = 3, size: float = 1.6):
 
 
 # ------------------------------------------------- activation maximization
-def _decorrelate(t: torch.Tensor) -> torch.Tensor:
-    """Map decorrelated colour coordinates (N, 3, H, W) to RGB (Olah et al. 2017)."""
-    return torch.einsum("ij,njhw->nihw", _COLOR_SQRT.to(t.device, t.dtype), t)
-
-
-def _frequencies(h: int, w: int) -> torch.Tensor:
-    """Radial frequency (cycles / pixel) of the rfft2 grid, shape (h, w // 2 + 1)."""
-    fy = torch.fft.fftfreq(h)[:, None]
-    fx = torch.fft.rfftfreq(w)[None, :]
-    return torch.sqrt(fy**2 + fx**2)
-
-
-class _ImageParam:
-    """An image in [0, 1] as sigmoid(colour(spatial(param))); pixel or Fourier spatial basis."""
-
-    def __init__(self, kind: str, hw: tuple[int, int], decorrelate: bool, generator: torch.Generator,
-                 device: torch.device, init_std: float = 0.01) -> None:
-        self.kind, self.hw, self.decorrelate = kind, hw, decorrelate
-        h, w = hw
-        if kind == "fourier":
-            shape = (1, 3, h, w // 2 + 1, 2)
-            freq = _frequencies(h, w)
-            self.scale = (1.0 / freq.clamp(min=1.0 / max(h, w))).to(device)[None, None]
-            self.freq = freq.to(device)
-        else:
-            shape = (1, 3, h, w)
-        self.param = (torch.randn(shape, generator=generator) * init_std).to(device).requires_grad_(True)
-
-    def image(self) -> torch.Tensor:
-        t = self.param
-        if self.kind == "fourier":
-            spectrum = torch.view_as_complex(t.contiguous()) * self.scale
-            t = torch.fft.irfft2(spectrum, s=self.hw, norm="ortho") / 4.0
-        if self.decorrelate:
-            t = _decorrelate(t)
-        return torch.sigmoid(t)
-
-    @torch.no_grad()
-    def blur(self, sigma: float) -> None:
-        """Gaussian blur of the image's spatial basis (exact in the Fourier basis)."""
-        if self.kind == "fourier":
-            self.param.mul_(torch.exp(-2 * math.pi**2 * sigma**2 * self.freq**2)[None, None, ..., None])
-        else:
-            self.param.copy_(_gaussian_blur(self.param, sigma))
-
-    @torch.no_grad()
-    def decay(self, rate: float) -> None:
-        """L2 decay: shrink towards the mid-gray image."""
-        self.param.mul_(1.0 - rate)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    grid = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(grid**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def _total_variation(img: torch.Tensor) -> torch.Tensor:
-    return (img[..., 1:, :] - img[..., :-1, :]).abs().mean() + (img[..., :, 1:] - img[..., :, :-1]).abs().mean()
-
-
-def _shift(amount: int, generator: torch.Generator) -> tuple[int, int]:
-    """A random roll (dy, dx) in [-amount, amount] (no draw when amount is 0)."""
-    if amount == 0:
-        return 0, 0
-    dy, dx = torch.randint(-amount, amount + 1, (2,), generator=generator).tolist()
-    return dy, dx
-
-
-def _jitter(img: torch.Tensor, amount: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.roll(img, shifts=_shift(amount, generator), dims=(-2, -1))
-
-
 def _check_nonnegative(name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0:
