@@ -111,7 +111,7 @@ class VirtualSubject:
             if target not in self._modules:
                 raise UnknownNameError(f"Alias {alias!r} points to {target!r}, which is not a module of the model.")
         # hooked passes with early stop; one pass at a time (hooks are per module)
-        self._forward = LayerForward(self.model, self._modules, lambda: self.input_size()[0])
+        self._forward = LayerForward(self.model, self._modules, self._probe_side)
         #: Active lesions, outermost first (managed by :mod:`neurocnn.lesions`: entering a
         #: lesion appends it, leaving removes it). Recorded in every result's provenance.
         self.lesions: list[Any] = []
@@ -218,6 +218,9 @@ class VirtualSubject:
             return (int(pre.resize[0]), int(pre.resize[0]))
         side = pre.resize or 224
         return (side, side)
+
+    def _probe_side(self) -> int:
+        return self.input_size()[0]
 
     def output_shape(self, layer: str | None = None, size: tuple[int, int] | None = None) -> tuple[int, ...]:
         """Return the output shape (without the batch dim) of a layer, or of the model if None.
