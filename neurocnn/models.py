@@ -353,12 +353,13 @@ def load_model(
                 f"Model {spec.name!r} has no registered pretrained weights; pass weights=<path "
                 "to a state-dict file> or weights=None for a seeded random initialization."
             )
-        path = datasets.fetch(spec.weights)
+        path = datasets.fetch(spec.weights)  # verified against the manifest's sha256
+        sha = datasets.get_entry(spec.weights).sha256 or datasets.sha256sum(path)
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise MissingFileError(f"Weights file {path} does not exist.")
-    sha = datasets.sha256sum(path)
+        sha = datasets.sha256sum(path)
     _check_hash_in_name(path, sha)
     model = spec.builder()
     try:
