@@ -51,7 +51,7 @@ __all__ = [
     "plot_attributions",
     "relu_rule",
     "METHODS",
-    "REDUCTIONS",
+    "OBJECTIVES",
     "Target",
     "resolve_target",
     "class_target_index",
@@ -65,7 +65,7 @@ Method = Literal["saliency", "guided_backprop", "deconvnet"]
 Reduce = Literal["mean", "max", "sum", "l2"]
 
 #: Reductions of a channel map (or a whole layer) to one number per image.
-REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+OBJECTIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda t: t.flatten(1).mean(1),
     "max": lambda t: t.flatten(1).amax(1),
     "sum": lambda t: t.flatten(1).sum(1),
@@ -203,9 +203,9 @@ class Target:
     def select(self, out: torch.Tensor) -> torch.Tensor:
         """Reduce a layer output (N, ...) to the target value (N,)."""
         if not self.index:
-            return REDUCTIONS[self.reduce](out)
+            return OBJECTIVES[self.reduce](out)
         picked = out[(slice(None), *self.index)]
-        return picked if picked.ndim == 1 else REDUCTIONS[self.reduce](picked)
+        return picked if picked.ndim == 1 else OBJECTIVES[self.reduce](picked)
 
     def __call__(self, subject: VirtualSubject, images: torch.Tensor) -> torch.Tensor:
         return self.select(self.output(subject, images))
@@ -260,7 +260,7 @@ def resolve_target(
     InvalidDataError
         Contradictory or incomplete target (e.g. a class and a layer, y without x).
     """
-    check_option("reduction", reduce, REDUCTIONS)
+    check_option("reduction", reduce, OBJECTIVES)
     if class_index is not None or class_name is not None:
         if layer is not None or channel is not None or y is not None or x is not None:
             raise InvalidDataError("A class target is the model output: do not also give layer/channel/y/x.")

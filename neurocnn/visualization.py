@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_finite, check_option, check_positive_int
-from .attribution import REDUCTIONS, Target, as_stimuli, resolve_target
+from .attribution import OBJECTIVES, Target, as_stimuli, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from ._image_param import ImageParam as _ImageParam
 from ._image_param import jitter as _jitter
@@ -584,7 +584,7 @@ def maximize_activation(
     """
     check_positive_int("steps", steps)
     check_option("parameterization", parameterization, _PARAMETERIZATIONS)
-    check_option("objective", objective, REDUCTIONS)
+    check_option("objective", objective, OBJECTIVES)
     lr = _check_nonnegative("lr", lr)
     regs = _regularizers(regularizers, regularizer_options)
     side = subject.input_size()[0] if size is None else size
@@ -756,7 +756,7 @@ def deep_dream(
     """
     check_positive_int("octaves", octaves)
     check_positive_int("steps_per_octave", steps_per_octave)
-    check_option("objective", objective, REDUCTIONS)
+    check_option("objective", objective, OBJECTIVES)
     lr = _check_nonnegative("lr", lr)
     if not math.isfinite(octave_scale) or octave_scale <= 1:
         raise InvalidDataError(f"octave_scale must be > 1, got {octave_scale}.")
@@ -777,7 +777,7 @@ def deep_dream(
 
     def value(img: torch.Tensor) -> torch.Tensor:
         out = subject.forward_layers(subject.preprocessing.normalize(img), [dotted], grad=True)[dotted]
-        return REDUCTIONS[objective](out[:, index]).sum()
+        return OBJECTIVES[objective](out[:, index]).sum()
 
     run_device = _on_device(subject, device)
     sizes = [
