@@ -4,7 +4,10 @@ Cases: correlation RDMs (1000 x 50k and 92 x 50k units), Spearman comparison of 
 RDMs at 1000 stimuli, and a 1000-sample stimulus bootstrap with noise ceilings on the
 92-image human IT data (8 model RDMs vs 8 brain RDMs, rsatoolbox
 ``eval_bootstrap_pattern``), and tau-a bootstraps of 10 RDMs vs the 4 subjects' RDMs.
-Prints one table with times and speed-ups.
+Prints one table with times and speed-ups; the Spearman row compares 8 x 8 RDMs at
+1000 stimuli (each RDM ranked once, one matrix product for all pairs). With a CUDA
+device, a GPU row for the correlation RDM (``device="cuda"``) is added (skipped
+otherwise).
 
 rsatoolbox's bootstrap costs the same per sample, so with ``--reference-samples`` below
 ``n_bootstrap`` its time is measured on fewer samples and scaled linearly (marked ``*``).
@@ -32,6 +35,7 @@ import torch
 os.environ.setdefault("NEUROCNN_MIRROR", str(Path(__file__).resolve().parents[2] / "shared"))
 
 from neurocnn import datasets, rsa  # noqa: E402
+from neurocnn.forward import apply_thread_policy  # noqa: E402
 
 
 Timing = tuple[float, float]  # (wall s, CPU s of this process, all threads)
@@ -62,6 +66,28 @@ def case_rdm(n: int, units: int, repeats: int) -> Row:
     got = rsa.compute_rdm(x, "correlation").values[np.triu_indices(n, 1)]
     err = np.abs(got - calc_rdm(ds, method="correlation").get_vectors()[0]).max()
     return f"correlation RDM {n} x {units} units", ours, ref, f"max |diff| {err:.1e}"
+
+
+def case_rdm_gpu(n: int, units: int, repeats: int) -> Row | None:
+    """Correlation RDM on the GPU vs rsatoolbox on the CPU (None without CUDA)."""
+    if not torch.cuda.is_available():
+        return None
+    from rsatoolbox.data import Dataset
+    from rsatoolbox.rdm import calc_rdm
+
+    x = np.random.default_rng(0).normal(size=(n, units)).astype(np.float32)
+
+    def ours_fn() -> None:
+        rsa.compute_rdm(x, "correlation", device="cuda")
+        torch.cuda.synchronize()
+
+    ours_fn()
+    ours = best_of(ours_fn, repeats)
+    ds = Dataset(x.astype(np.float64))
+    ref = best_of(lambda: calc_rdm(ds, method="correlation"), 1)
+    got = rsa.compute_rdm(x, "correlation", device="cuda").values[np.triu_indices(n, 1)]
+    err = np.abs(got - calc_rdm(ds, method="correlation").get_vectors()[0]).max()
+    return f"correlation RDM {n} x {units} units, GPU", ours, ref, f"max |diff| {err:.1e}"
 
 
 def case_compare(n: int, k: int, repeats: int) -> Row:
@@ -159,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tau-reference-samples", type=int, default=50,
                         help="tau-a bootstrap samples run by rsatoolbox (scaled; default 50)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
+    policy = apply_thread_policy()  # neurocnn's thread policy: the CPUs available to the process
     if args.quick:
         big, units, cmp_n, cmp_k, n_boot = 300, 5_000, 300, 4, 100
     else:
@@ -172,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         case_bootstrap(n_boot, n_ref),
         *case_tau_bootstrap(n_boot, min(n_ref, args.tau_reference_samples)),
     ]
+    gpu = case_rdm_gpu(big, units, 3)
+    rows += [gpu] if gpu is not None else []
     width = max(len(r[0]) for r in rows)
     print(f"{'case':<{width}}  {'neurocnn wall/cpu s':>19}  {'rsatoolbox wall/cpu s':>21}"
           f"  {'speed-up wall/cpu':>17}  check")
@@ -179,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         ref_s = f"{ref[0]:>10.3f}/{ref[1]:<10.3f}" if ref else f"{'-':>10} {'':<10}"
         ratio = f"{ref[0] / ours[0]:.1f}x/{ref[1] / ours[1]:.1f}x" if ref else "-"
         print(f"{name:<{width}}  {ours[0]:>9.3f}/{ours[1]:<9.3f}  {ref_s}  {ratio:>17}  {check}")
-    print(f"({os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    if gpu is None:
+        print("(no CUDA device: GPU rows skipped)")
+    print(f"({os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads: {policy['thread_policy']})")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ _EXPORTS = {
     "fetch": "datasets",
     "save": "io",
     "load": "io",
+    "set_num_threads": "forward",
 }
 _SUBMODULES = (
-    "attribution", "cli", "clusters", "concepts", "datasets", "dissection", "encoding", "exceptions", "io",
-    "lesions", "models", "plotting", "receptive_fields", "rsa", "searchlight", "stimuli", "subject", "tasks",
-    "visualization",
+    "attribution", "cli", "clusters", "concepts", "datasets", "dissection", "encoding", "exceptions", "forward",
+    "io", "lesions", "models", "plotting", "receptive_fields", "rsa", "searchlight", "stimuli", "subject",
+    "tasks", "visualization",
 )
 _DEPRECATED = ("rdm",)  # 0.1 name of rsa; importable, not exported
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import InvalidDataError, UnknownNameError
+from .exceptions import IndexOutOfRangeError, InvalidDataError, UnknownNameError
 
 __all__: list[str] = []
 
@@ -54,6 +54,41 @@ def check_positive_int(name: str, value: Any) -> int:
     """Return ``value`` as int if it is a positive integer; raise ``InvalidDataError`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InvalidDataError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def check_integer(name: str, value: Any) -> int:
+    """Return ``value`` as int if it is an integer (not a bool); raise ``InvalidDataError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidDataError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    return int(value)
+
+
+def check_index(name: str, value: Any, size: int, where: str = "") -> int:
+    """Return ``value`` as int if it is an integer index in ``0..size - 1``.
+
+    Parameters
+    ----------
+    name : str
+        What the index selects (``"channel"``, ``"unit"``, ``"class index"``, ...).
+    value : int
+        The index the user gave.
+    size : int
+        Number of valid indices.
+    where : str
+        What holds them, for the message (e.g. ``"layer 'conv3' (output shape (384, 13, 13))"``).
+
+    Raises
+    ------
+    IndexOutOfRangeError
+        If ``value`` is not an integer or lies outside ``0..size - 1`` (one exception for
+        every out-of-range index in neurocnn).
+    """
+    inside = f" of {where}" if where else ""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < size:
+        raise IndexOutOfRangeError(
+            f"{name}={value!r} is out of range{inside}: valid {name}s are 0..{size - 1}."
+        )
     return int(value)
 
 

@@ -37,7 +37,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ._validation import check_option, check_positive_int
+from ._validation import check_index, check_option, check_positive_int
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .stimuli import StimulusSet, load_stimuli
 from .subject import VirtualSubject
@@ -51,6 +51,11 @@ __all__ = [
     "plot_attributions",
     "relu_rule",
     "METHODS",
+    "OBJECTIVES",
+    "Target",
+    "resolve_target",
+    "class_target_index",
+    "as_stimuli",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ Method = Literal["saliency", "guided_backprop", "deconvnet"]
 Reduce = Literal["mean", "max", "sum", "l2"]
 
 #: Reductions of a channel map (or a whole layer) to one number per image.
-_REDUCE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+OBJECTIVES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda t: t.flatten(1).mean(1),
     "max": lambda t: t.flatten(1).amax(1),
     "sum": lambda t: t.flatten(1).sum(1),
@@ -198,9 +203,9 @@ class Target:
     def select(self, out: torch.Tensor) -> torch.Tensor:
         """Reduce a layer output (N, ...) to the target value (N,)."""
         if not self.index:
-            return _REDUCE[self.reduce](out)
+            return OBJECTIVES[self.reduce](out)
         picked = out[(slice(None), *self.index)]
-        return picked if picked.ndim == 1 else _REDUCE[self.reduce](picked)
+        return picked if picked.ndim == 1 else OBJECTIVES[self.reduce](picked)
 
     def __call__(self, subject: VirtualSubject, images: torch.Tensor) -> torch.Tensor:
         return self.select(self.output(subject, images))
@@ -213,17 +218,6 @@ class Target:
             "target_reduce": self.reduce,
             "target_log_softmax": int(self.log_softmax),
         }
-
-
-def input_size(subject: VirtualSubject, stim: StimulusSet) -> tuple[int, int]:
-    """(H, W) of the first stimulus after the subject's resize/crop."""
-    return tuple(subject.preprocessing.geometric(stim.load(0)).shape[-2:])
-
-
-def _check_index(name: str, value: int, size: int, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < size:
-        raise UnknownNameError(f"{name} {value!r} does not exist in {where}: valid {name}s are 0..{size - 1}.")
-    return int(value)
 
 
 def class_target_index(
@@ -240,7 +234,7 @@ def class_target_index(
                 f"Model {subject.name!r} has no class names; give class_index (0..{n_out - 1}) instead."
             )
         return categories.index(check_option("class name", class_name, categories))
-    return _check_index("class index", class_index, n_out, f"the {n_out} outputs of {subject.name!r}")
+    return check_index("class index", class_index, n_out, f"the {n_out} outputs of {subject.name!r}")
 
 
 def resolve_target(
@@ -266,7 +260,7 @@ def resolve_target(
     InvalidDataError
         Contradictory or incomplete target (e.g. a class and a layer, y without x).
     """
-    check_option("reduction", reduce, _REDUCE)
+    check_option("reduction", reduce, OBJECTIVES)
     if class_index is not None or class_name is not None:
         if layer is not None or channel is not None or y is not None or x is not None:
             raise InvalidDataError("A class target is the model output: do not also give layer/channel/y/x.")
@@ -287,11 +281,11 @@ def resolve_target(
         if y is not None or not allow_whole_layer:
             raise InvalidDataError(f"Give a channel of {where}.")
         return Target(dotted, (), reduce, log_softmax, f"{layer} all units ({reduce})")
-    index = [_check_index("channel", channel, shape[0], where)]
+    index = [check_index("channel", channel, shape[0], where)]
     if y is not None:
         if len(shape) != 3:
             raise InvalidDataError(f"{where} has no spatial positions; give only channel (the unit index).")
-        index += [_check_index("y", y, shape[1], where), _check_index("x", x, shape[2], where)]
+        index += [check_index("y", y, shape[1], where), check_index("x", x, shape[2], where)]
     description = f"{layer} channel {index[0]}" + (f" at y={y}, x={x}" if y is not None else "")
     if len(index) == 1 and len(shape) == 3:
         description += f" ({reduce} over space)"
@@ -406,7 +400,7 @@ def attribute(
     stim, single = as_stimuli(images)
     target = resolve_target(
         subject, layer=layer, channel=channel, y=y, x=x, class_index=class_index,
-        class_name=class_name, reduce=reduce, size=input_size(subject, stim),
+        class_name=class_name, reduce=reduce, size=subject.input_size(stim),
     )
     grads, values = _gradients(subject, stim, target, method, batch_size)
     attrs = {
@@ -518,7 +512,7 @@ def deconvnet_reconstruction(
     stim, _ = as_stimuli(image)
     if len(stim) != 1:
         raise StimulusError(f"deconvnet_reconstruction takes one image; got {len(stim)}.")
-    target = resolve_target(subject, layer=layer, channel=channel, size=input_size(subject, stim))
+    target = resolve_target(subject, layer=layer, channel=channel, size=subject.input_size(stim))
     inputs = subject.preprocess(stim).requires_grad_(True)
     with relu_rule(subject.model, "deconvnet"):
         out = _forward(target.output, subject, inputs)

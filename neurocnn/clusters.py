@@ -26,11 +26,8 @@ bootstrap CIs over subjects), :func:`plot_clusters`.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import pathlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -40,7 +37,7 @@ import xarray as xr
 
 from ._validation import check_fraction, check_option, check_positive_int
 from ._version import version
-from .exceptions import InvalidDataError, ShapeMismatchError
+from .exceptions import ShapeMismatchError
 from ._clusters import (  # noqa: F401  (kernels shared with the time-resolved RSA)
     CORRECTIONS, DEFAULT_CORRECTIONS as _DEFAULT_CORRECTIONS, _CHUNK_ELEMENTS, _Grid, _STATISTICS,
     _check_cluster_p, _check_corrections, _check_group_args, _check_tfce_params, _chunks,

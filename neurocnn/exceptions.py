@@ -13,6 +13,7 @@ __all__ = [
     "StimulusError",
     "ShapeMismatchError",
     "InvalidDataError",
+    "IndexOutOfRangeError",
     "IntegrityError",
     "MissingFileError",
     "OverwriteError",
@@ -40,6 +41,14 @@ class ShapeMismatchError(NeurocnnError, ValueError):
 
 class InvalidDataError(NeurocnnError, ValueError):
     """Values are unusable: NaN/inf, constant patterns, non-symmetric RDMs, out of range."""
+
+
+class IndexOutOfRangeError(UnknownNameError, InvalidDataError, IndexError):
+    """An index (channel, unit, position, class) outside the valid range ``0..n-1``.
+
+    Also an ``UnknownNameError`` (the index names no unit), an ``InvalidDataError`` and
+    an ``IndexError``, so code that caught any of those keeps working.
+    """
 
 
 class IntegrityError(NeurocnnError, ValueError):

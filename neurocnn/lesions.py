@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -35,8 +34,9 @@ from torch import nn
 
 from ._validation import check_finite, check_fraction, check_option, check_positive_int
 from .exceptions import InvalidDataError, NoSelectiveUnitsError, StimulusError
+from .models import state_dict_sha256
 from .stimuli import StimulusSet, load_stimuli
-from .subject import VirtualSubject, _input_size, _state_dict_sha256
+from .subject import VirtualSubject
 
 __all__ = [
     "selectivity",
@@ -61,9 +61,6 @@ logger.addHandler(logging.NullHandler())
 Level = Literal["channel", "unit"]
 _LEVELS = ("channel", "unit")
 
-# Lesions currently entered, per subject (weak keys: subjects are never kept alive).
-_ACTIVE: weakref.WeakKeyDictionary[VirtualSubject, list[Lesion]] = weakref.WeakKeyDictionary()
-
 
 # ------------------------------------------------------------------ layer geometry
 def layer_size(subject: VirtualSubject, layer: str, level: Level = "channel") -> int:
@@ -86,7 +83,7 @@ def layer_at_resolution(subject: VirtualSubject, fraction: float = 13 / 224) -> 
     InvalidDataError
         If no default layer has a spatial output.
     """
-    size = _input_size(subject.preprocessing)
+    size = subject.input_size()[0]
     best, best_err = "", np.inf
     for name in subject.default_layers:
         shape = subject.output_shape(name)
@@ -439,7 +436,7 @@ class Lesion:
             raise InvalidDataError(f"This {self.kind} lesion is already active; create a new one to nest.")
         self._apply()
         self._active = True
-        _ACTIVE.setdefault(self.subject, []).append(self)
+        self.subject.lesions.append(self)  # the subject's record of its active lesions (provenance)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -447,9 +444,8 @@ class Lesion:
             self._remove()
         finally:
             self._active = False
-            active = _ACTIVE.get(self.subject, [])
-            if self in active:
-                active.remove(self)
+            if self in self.subject.lesions:
+                self.subject.lesions.remove(self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.layer!r} active={self._active}>"
@@ -770,11 +766,14 @@ def lesioned_copy(subject: VirtualSubject, kind: str, layer: str, *args: Any, **
     new = copy.deepcopy(subject)
     lesion = _LESIONS[kind](new, layer, *args, **kwargs)
     lesion.__enter__()
-    new.weights_id = _state_dict_sha256(new.model)
+    new.weights_id = state_dict_sha256(new.model)
     new.lesion = lesion.attrs()
     return new
 
 
 def active_lesions(subject: VirtualSubject) -> list[Lesion]:
-    """Return the neurocnn lesions currently entered on ``subject`` (outermost first)."""
-    return list(_ACTIVE.get(subject, []))
+    """Return the neurocnn lesions currently entered on ``subject`` (outermost first).
+
+    The same as ``list(subject.lesions)``: the subject keeps its active lesions.
+    """
+    return list(subject.lesions)

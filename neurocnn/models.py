@@ -21,6 +21,7 @@ agrees on 85 of the 92 images (see ``neurocnn._mobilenet``).
 from __future__ import annotations
 
 import importlib.metadata
+import hashlib
 import logging
 import os
 import re
@@ -50,6 +51,7 @@ __all__ = [
     "spec_from_module",
     "load_model",
     "imagenet_categories",
+    "state_dict_sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -674,11 +676,14 @@ def load_model(
         return model.eval(), f"random-init-seed-{seed}"
     if isinstance(weights, str) and weights == "pretrained":
         path = _pretrained_path(spec)
+        # a manifest file was just verified by fetch: reuse its sha256 instead of hashing again
+        known = datasets.get_entry(spec.weights).sha256 if _local_weights(spec) is None else ""
+        sha = known or datasets.sha256sum(path)
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise MissingFileError(f"Weights file {path} does not exist.")
-    sha = datasets.sha256sum(path)
+        sha = datasets.sha256sum(path)
     _check_hash_in_name(path, sha)
     if path == _local_weights(spec) and spec.weights_sha256 and sha != spec.weights_sha256.lower():
         raise IntegrityError(
@@ -747,3 +752,16 @@ def _check_hash_in_name(path: Path, sha: str) -> None:
             f"{path} is named for sha256 prefix {match.group(1)} but its sha256 is {sha}: the "
             "file is corrupt or incomplete. Download it again."
         )
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """Return the sha256 of a model's state dict (names and tensor bytes, in order).
+
+    The weights id of a user module, and the check that cached intact outputs still
+    belong to the current weights.
+    """
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import shutil
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,8 +26,9 @@ from tqdm.auto import tqdm
 from ._validation import check_option, check_positive_int
 from ._version import version
 from .exceptions import InvalidDataError, OverwriteError, ShapeMismatchError, UnknownNameError
+from .forward import LayerForward, model_on, thread_policy
+from .models import ModelSpec, Preprocessing, get_spec, load_model, spec_from_module, state_dict_sha256
 from .scale import map_tasks
-from .models import ModelSpec, Preprocessing, get_spec, load_model, spec_from_module
 from .stimuli import StimulusSet, load_stimuli
 
 __all__ = ["VirtualSubject", "version"]
@@ -39,10 +39,6 @@ logger.addHandler(logging.NullHandler())
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Sigmoid, nn.Tanh)
 _LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
 _SPATIAL_DIMS = {2: ("unit",), 3: ("channel", "position"), 4: ("channel", "y", "x")}
-
-
-class _StopForward(Exception):
-    """Raised inside a hook once every requested layer has been captured."""
 
 
 class VirtualSubject:
@@ -96,7 +92,7 @@ class VirtualSubject:
                 aliases=aliases, categories=tuple(categories),
             )
             self.model = model.eval()
-            self.weights_id = _state_dict_sha256(model)
+            self.weights_id = state_dict_sha256(model)
         else:
             spec = get_spec(model)
             overrides: dict[str, Any] = {}
@@ -114,18 +110,11 @@ class VirtualSubject:
         for alias, target in spec.aliases.items():
             if target not in self._modules:
                 raise UnknownNameError(f"Alias {alias!r} points to {target!r}, which is not a module of the model.")
-        self._call_counts: dict[str, int] | None = None
-        self._shapes: dict[tuple[str | None, tuple[int, int]], tuple[int, ...]] = {}
-        self._lock = threading.RLock()  # hooks are per module: one forward pass at a time
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
+        # hooked passes with early stop; one pass at a time (hooks are per module)
+        self._forward = LayerForward(self.model, self._modules, self._probe_side)
+        #: Active lesions, outermost first (managed by :mod:`neurocnn.lesions`: entering a
+        #: lesion appends it, leaving removes it). Recorded in every result's provenance.
+        self.lesions: list[Any] = []
 
     # ------------------------------------------------------------------ names
     @property
@@ -189,11 +178,21 @@ class VirtualSubject:
         return "n/a"
 
     def provenance(self, layer: str) -> dict[str, str]:
-        """Return the provenance attrs of a layer's results."""
+        """Return the provenance attrs of a layer's results.
+
+        ``weights_sha256`` identifies the (intact) weights; ``lesions`` describes every
+        active lesion (kind, layer, level, number of units and a hash of their indices,
+        seed, amplitude, fraction ...; ``"none"`` if intact) and ``state_sha256`` hashes
+        both, so results of a lesioned subject never look intact once saved.
+        """
         dotted = self.resolve_layer(layer)
+        lesions = "; ".join(_lesion_record(lesion) for lesion in self.lesions) or "none"
+        state = hashlib.sha256(f"weights={self.weights_id}\nlesions={lesions}".encode()).hexdigest()
         return {
             "model": self.name,
             "weights_sha256": self.weights_id,
+            "lesions": lesions,
+            "state_sha256": state,
             "layer": dotted,
             "alias": self.alias_of(dotted),
             "relu": self.relu_state(dotted),
@@ -202,32 +201,54 @@ class VirtualSubject:
             "neurocnn_version": version(),
         }
 
+    def input_size(self, stimuli: Any = None) -> tuple[int, int]:
+        """Return the (H, W) of the network input the preprocessing produces.
+
+        Without ``stimuli``: the crop side, the fixed resize, or 224 when the
+        preprocessing keeps the size. With ``stimuli``: the size of the first stimulus
+        after resize and crop.
+        """
+        if stimuli is not None:
+            stim = load_stimuli(stimuli)
+            return tuple(int(s) for s in self.preprocessing.geometric(stim.load(0)).shape[-2:])
+        pre = self.preprocessing
+        if pre.crop is not None:
+            return (pre.crop, pre.crop)
+        if isinstance(pre.resize, tuple):
+            return (int(pre.resize[0]), int(pre.resize[0]))
+        side = pre.resize or 224
+        return (side, side)
+
+    def _probe_side(self) -> int:
+        return self.input_size()[0]
+
     def output_shape(self, layer: str | None = None, size: tuple[int, int] | None = None) -> tuple[int, ...]:
         """Return the output shape (without the batch dim) of a layer, or of the model if None.
 
-        Found once per layer and input size with a forward pass of a blank image;
-        ``size`` (H, W) defaults to the side the preprocessing produces.
+        Known from any forward pass already run at that input size; otherwise found
+        with one forward pass of a blank image. ``size`` (H, W) defaults to
+        :meth:`input_size`.
 
         Raises
         ------
         ShapeMismatchError
             If the network cannot process inputs of that size.
         """
-        side = _input_size(self.preprocessing)
-        size = tuple(size) if size is not None else (side, side)
+        size = tuple(size) if size is not None else self.input_size()
         key = (None if layer is None else self.resolve_layer(layer), size)
-        if key not in self._shapes:
+        shapes = self._forward.shapes
+        if key not in shapes:
             probe = torch.zeros(1, 3, *size, device=self.device)
             try:
                 with torch.inference_mode():
-                    out = self.model(probe) if layer is None else self.forward_layers(probe, [layer])[layer]
+                    out = self.forward_output(probe) if layer is None else self.forward_layers(probe, [layer])[layer]
             except RuntimeError as err:
                 raise ShapeMismatchError(
                     f"{self.name} cannot process inputs of size {size} ({err}). Check the image size "
                     "against the subject's preprocessing (resize/crop)."
                 ) from err
-            self._shapes[key] = tuple(out.shape[1:])
-        return self._shapes[key]
+            shapes[key] = tuple(out.shape[1:])
+        return shapes[key]
 
     # --------------------------------------------------------------- forward
     def preprocess(self, stimuli: Any, *, device: str | torch.device | None = None) -> torch.Tensor:
@@ -236,37 +257,9 @@ class VirtualSubject:
         batch = torch.stack([self.preprocessing(stim.load(i)) for i in range(len(stim))])
         return batch.to(device or self.device)
 
-    def _check_single_call(self, dotted: Sequence[str]) -> None:
-        if self._call_counts is None:
-            self._call_counts = self._count_calls()
-        for name in dotted:
-            count = self._call_counts.get(name, 0)
-            if count != 1:
-                parent = name.rsplit(".", 1)[0] if "." in name else "a container"
-                raise UnknownNameError(
-                    f"Layer {name!r} runs {count} times in one forward pass (a shared or unused "
-                    f"module), so its output is ambiguous. Request {parent!r} or another module "
-                    "that runs once."
-                )
-
-    def _count_calls(self) -> dict[str, int]:
-        counts = {name: 0 for name in self._modules}
-        size = _input_size(self.preprocessing)
-
-        def counter(name: str):
-            def hook(_m, _i, _o):
-                counts[name] += 1
-
-            return hook
-
-        handles = [m.register_forward_hook(counter(n)) for n, m in self._modules.items()]
-        try:
-            with torch.inference_mode():
-                self.model(torch.zeros(1, 3, size, size, device=_model_device(self.model, self.device)))
-        finally:
-            for h in handles:
-                h.remove()
-        return counts
+    def forward_output(self, images: torch.Tensor) -> torch.Tensor:
+        """Run preprocessed ``images`` through the whole network; return its output."""
+        return self._forward.output(images)
 
     def forward_layers(
         self, images: torch.Tensor, layers: Sequence[str], *, grad: bool = False
@@ -288,29 +281,8 @@ class VirtualSubject:
             Keyed by the names as requested; each a clone of that module's output.
         """
         dotted = [self.resolve_layer(layer) for layer in layers]
-        self._check_single_call(dotted)
-        wanted = dict(zip(dotted, layers))
-        captured: dict[str, torch.Tensor] = {}
-
-        def capture(name: str):
-            def hook(_module, _inputs, output):
-                captured[wanted[name]] = output.clone() if grad else output.detach().clone()
-                if len(captured) == len(wanted):
-                    raise _StopForward
-
-            return hook
-
-        with self._lock:
-            handles = [self._modules[d].register_forward_hook(capture(d)) for d in wanted]
-            try:
-                with torch.set_grad_enabled(grad):
-                    self.model(images)
-            except _StopForward:
-                pass
-            finally:
-                for h in handles:
-                    h.remove()
-        return {layer: captured[layer] for layer in layers}
+        outputs = self._forward.run(images, dotted, grad=grad)
+        return {layer: outputs[d] for layer, d in zip(layers, dotted)}
 
     def activations(
         self,
@@ -387,22 +359,9 @@ class VirtualSubject:
             logger.info("resuming %s: %d of %d batches left", disk.path, len(starts), -(-len(stim) // batch_size))
         if client is not None and disk is None:
             raise InvalidDataError("client= needs store=: dask workers write their batches to a zarr store.")
-        writers: dict[str, _LayerWriter] = {}
-        self.model.to(run_device)
-        try:
-            local = starts[:1] if client is not None else starts
-            batches = stim.batches(batch_size, self.preprocessing, starts=local)
-            for start, batch in tqdm(batches, desc=f"{self.name} activations", disable=not progress or client is not None):
-                with torch.inference_mode():
-                    outputs = self.forward_layers(batch.to(run_device), names)
-                for name, out in outputs.items():
-                    if name not in writers:
-                        writers[name] = _LayerWriter(self, stim, name, out.shape[1:], disk)
-                    writers[name].write(start, out.float().cpu().numpy())
-                if disk is not None:
-                    disk.mark_done(start, start + batch.shape[0])
-        finally:
-            self.model.to(self.device)
+        local = starts[:1] if client is not None else starts
+        writers = self._extract_local(stim, names, batch_size, local, run_device, disk,
+                                      progress=progress and client is None)
         if client is not None and len(starts) > 1:
             job = _ExtractJob(self, stim, names, batch_size, disk.path)
             tasks = map_tasks(_extract_batch, job, starts[1:], client, progress=progress, desc=f"{self.name} activations")
@@ -413,6 +372,23 @@ class VirtualSubject:
         else:
             result = {name: writers[name].result() for name in names}
         return result[names[0]] if single else result
+
+    def _extract_local(self, stim: StimulusSet, names: list[str], batch_size: int, starts: list[int],
+                       device: torch.device, disk: _Store | None, *, progress: bool) -> dict[str, _LayerWriter]:
+        """Extract the batches beginning at ``starts`` in this process (writers made from the first batch)."""
+        writers: dict[str, _LayerWriter] = {}
+        with model_on(self.model, device, self.device) as run_device:
+            batches = stim.batches(batch_size, self.preprocessing, starts=starts)
+            for start, batch in tqdm(batches, desc=f"{self.name} activations", disable=not progress):
+                with torch.inference_mode():
+                    outputs = self.forward_layers(batch.to(run_device), names)
+                for name, out in outputs.items():
+                    if name not in writers:
+                        writers[name] = _LayerWriter(self, stim, name, out.shape[1:], disk)
+                    writers[name].write(start, out.float().cpu().numpy())
+                if disk is not None:
+                    disk.mark_done(start, start + batch.shape[0])
+        return writers
 
     def classify(self, stimuli: Any, *, top_k: int = 5, batch_size: int = 32) -> xr.Dataset:
         """Return the top-k classes and probabilities for each stimulus.
@@ -428,7 +404,7 @@ class VirtualSubject:
         probs, idx = [], []
         for _, batch in stim.batches(batch_size, self.preprocessing):
             with torch.inference_mode():
-                p = self.model(batch.to(self.device)).softmax(-1)
+                p = self.forward_output(batch.to(self.device)).softmax(-1)
             value, index = p.topk(top_k, dim=-1)
             probs.append(value.cpu().numpy())
             idx.append(index.cpu().numpy())
@@ -456,7 +432,7 @@ class _LayerWriter:
             raise UnknownNameError(f"Layer {name!r} has output shape {tuple(shape)}; not supported.")
         self.dims = ("stimulus", *_SPATIAL_DIMS[len(shape) + 1])
         self.coords = {**stim.coords(), **{d: np.arange(s) for d, s in zip(self.dims[1:], shape)}}
-        self.attrs = {**subject.provenance(name), "stimulus_set": stim.name, "requested_as": name}
+        self.attrs = {**subject.provenance(name), **thread_policy(), "stimulus_set": stim.name, "requested_as": name}
         self.disk, self.name = disk, name
         if disk is not None:
             disk.create_group(name, self.dims, tuple(shape), self.coords, self.attrs)
@@ -537,13 +513,6 @@ class _Store:
         return xr.open_zarr(self.path, group=name, consolidated=False)["activation"]
 
 
-def _model_device(model: nn.Module, default: torch.device) -> torch.device:
-    """Device of the model's first parameter or buffer (``default`` if it has none)."""
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device
-    return default
-
-
 def _write_region(path: Path, group: str, start: int, values: np.ndarray) -> None:
     """Write a batch into its (chunk-aligned) rows of a layer's zarr array; safe from many workers."""
     import zarr
@@ -574,18 +543,11 @@ def _extract_batch(job: _ExtractJob, start: int) -> tuple[int, int]:
     return start, stop
 
 
-def _input_size(preprocessing: Preprocessing) -> int:
-    """Side of the square input the preprocessing produces (224 if it keeps the size)."""
-    if preprocessing.crop is not None:
-        return preprocessing.crop
-    if isinstance(preprocessing.resize, tuple):
-        return preprocessing.resize[0]
-    return preprocessing.resize or 224
-
-
-def _state_dict_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _lesion_record(lesion: Any) -> str:
+    """One active lesion as text: its attrs, and a hash of its unit indices."""
+    parts = [f"{key}={value}" for key, value in lesion.attrs().items()]
+    units = getattr(lesion, "units", None)
+    if units is not None:
+        digest = hashlib.sha256(np.asarray(units, dtype=np.int64).tobytes()).hexdigest()[:16]
+        parts.append(f"units_sha256={digest}")
+    return "(" + ", ".join(parts) + ")"

@@ -12,7 +12,8 @@ synapse KO) for the pair task or for ImageNet classification.
 Speed: intact features of the test images are cached, and under a lesion only the
 part of the network from the earliest lesioned layer on is recomputed (the network
 is split with ``torch.fx``; a model that cannot be traced falls back to full forward
-passes with the lesion hooks, which gives the same numbers more slowly).
+passes with the lesion hooks, which gives the same numbers more slowly); both live in
+:mod:`neurocnn.forward`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any, Literal
 import numpy as np
 import scipy.stats
 import torch
-import torch.fx as fx
 import torchvision.transforms.v2.functional as TF
 import xarray as xr
 from sklearn.linear_model import LogisticRegression
@@ -37,9 +37,11 @@ from tqdm.auto import tqdm
 
 from ._validation import check_fraction, check_option, check_positive_int
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError
+from .forward import CachedOutputs as _Engine
+from .forward import pool_features as _pool  # noqa: F401 - the pooling of readout features
 from .lesions import Lesion, active_lesions, knockout, layer_size, random_units, synapse_knockout
 from .stimuli import StimulusSet, load_stimuli
-from .subject import VirtualSubject, _state_dict_sha256
+from .subject import VirtualSubject
 
 __all__ = [
     "PairTask",
@@ -271,153 +273,6 @@ def render_views(task: PairTask, views: Sequence[int] | np.ndarray) -> torch.Ten
             crop = (crop - mean) * float(v["contrast"]) + mean
             out[row] = (crop * float(v["brightness"])).clamp(0.0, 1.0)
     return out
-
-
-# ------------------------------------------------------------------ split forward passes
-class _Leaves(fx.Tracer):
-    """Tracer whose leaves are modules without children plus the named ones."""
-
-    def __init__(self, names: set[str]) -> None:
-        super().__init__()
-        self.names = names
-
-    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:  # noqa: D102
-        return qualname in self.names or not any(True for _ in m.children())
-
-
-def _node_of(graph: fx.Graph, layer: str | None) -> fx.Node | None:
-    if layer is None:
-        out = next(n for n in graph.nodes if n.op == "output")
-        return out.args[0] if isinstance(out.args[0], fx.Node) else None
-    return next((n for n in graph.nodes if n.op == "call_module" and n.target == layer), None)
-
-
-def _split(model: torch.nn.Module, start: str, end: str | None) -> tuple[fx.GraphModule, fx.GraphModule] | str:
-    """Head (input -> values needed from ``start`` on) and tail (those -> ``end``) graph modules.
-
-    Returns ``"after"`` if ``start`` runs after ``end`` (a lesion there cannot matter)
-    and ``"untraceable"`` if the model cannot be split.
-    """
-    names = {start} | ({end} if end else set())
-    try:
-        graph = _Leaves(names).trace(model)
-    except Exception as err:  # noqa: BLE001 - any tracing failure means: run full passes
-        logger.info("cannot trace %s (%s); lesioned evaluation uses full forward passes", type(model).__name__, err)
-        return "untraceable"
-    nodes = list(graph.nodes)
-    s, e = _node_of(graph, start), _node_of(graph, end)
-    if s is None or e is None:
-        return "untraceable"
-    if nodes.index(s) > nodes.index(e):
-        return "after"
-    pre, post = nodes[: nodes.index(s)], nodes[nodes.index(s) : nodes.index(e) + 1]
-    post_set = set(post)
-    frontier = [n for n in pre if n.op != "get_attr" and any(u in post_set for u in n.users)]
-    head, env = fx.Graph(), {}
-    for n in pre:
-        env[n] = head.node_copy(n, lambda m: env[m])
-    head.output(tuple(env[n] for n in frontier))
-    tail, env2 = fx.Graph(), {}
-    for n in frontier:
-        env2[n] = tail.placeholder(n.name)
-    for n in pre:
-        if n.op == "get_attr" and any(u in post_set for u in n.users):
-            env2[n] = tail.node_copy(n, lambda m: env2[m])
-    for n in post:
-        env2[n] = tail.node_copy(n, lambda m: env2[m])
-    tail.output(env2[e])
-    return fx.GraphModule(model, head), fx.GraphModule(model, tail)
-
-
-def _pool(out: torch.Tensor) -> np.ndarray:
-    """Layer output -> (N, features): spatial mean of maps, vectors as they are."""
-    out = out.float()
-    if out.ndim > 2:
-        out = out.flatten(2).mean(-1)
-    return out.cpu().numpy().astype(np.float64)
-
-
-class _Engine:
-    """Outputs of one layer for fixed images, cached intact, recomputed from a lesion on."""
-
-    def __init__(self, subject: VirtualSubject, images: torch.Tensor, end: str | None, batch_size: int, progress: bool,
-                 max_cache_bytes: int = 2**30) -> None:
-        self.subject, self.images, self.end = subject, images, end
-        self.batch_size, self.progress, self.max_cache_bytes = batch_size, progress, max_cache_bytes
-        self._splits: dict[str, Any] = {}
-        self._frontiers: dict[str, list[tuple[torch.Tensor, ...]]] = {}
-        self.sha = _state_dict_sha256(subject.model)
-        self.intact = self._full()
-
-    def _batches(self):
-        n = self.images.shape[0]
-        starts = range(0, n, self.batch_size)
-        return tqdm(starts, desc="forward", disable=not self.progress, leave=False)
-
-    def _full(self) -> np.ndarray:
-        outs = []
-        for i in self._batches():
-            x = self.images[i : i + self.batch_size].to(self.subject.device)
-            with torch.inference_mode():
-                if self.end is None:
-                    outs.append(_pool(self.subject.model(x)))
-                else:
-                    outs.append(_pool(self.subject.forward_layers(x, [self.end])[self.end]))
-        return np.concatenate(outs)
-
-    def outputs(self, subject: VirtualSubject) -> np.ndarray:
-        """Pooled outputs under the lesions now active on ``subject``."""
-        if subject is not self.subject:
-            return _Engine(subject, self.images, self.end, self.batch_size, self.progress).intact
-        active = active_lesions(subject)
-        if not active:
-            if _state_dict_sha256(subject.model) != self.sha:
-                raise InvalidDataError(
-                    "The subject's weights changed since its intact outputs were cached (a lesion not made "
-                    "with neurocnn.lesions?). Fit the readout again on the current weights."
-                )
-            return self.intact
-        starts = {lesion.layer for lesion in active}
-        start = self._earliest(starts)
-        split = self._split(start) if start else "untraceable"
-        if split == "after":
-            return self.intact
-        if split == "untraceable":
-            return self._full()
-        head, tail = split
-        if start not in self._frontiers:
-            frontier = []
-            for i in self._batches():
-                with torch.inference_mode():
-                    frontier.append(tuple(head(self.images[i : i + self.batch_size].to(self.subject.device))))
-            size = sum(t.numel() * t.element_size() for batch in frontier for t in batch)
-            if size > self.max_cache_bytes:
-                logger.info("frontier of %s is %d bytes; not cached", start, size)
-                return self._run_tail(tail, frontier)
-            self._frontiers[start] = frontier
-        return self._run_tail(tail, self._frontiers[start])
-
-    def _run_tail(self, tail: fx.GraphModule, frontier: list[tuple[torch.Tensor, ...]]) -> np.ndarray:
-        outs = []
-        for batch in tqdm(frontier, desc="forward (from lesion)", disable=not self.progress, leave=False):
-            with torch.inference_mode():
-                outs.append(_pool(tail(*[t.clone() for t in batch])))
-        return np.concatenate(outs)
-
-    def _split(self, start: str) -> Any:
-        if start not in self._splits:
-            self._splits[start] = _split(self.subject.model, start, self.subject.resolve_layer(self.end) if self.end else None)
-        return self._splits[start]
-
-    def _earliest(self, layers: set[str]) -> str:
-        if len(layers) == 1:
-            return next(iter(layers))
-        try:
-            graph = _Leaves(set(layers)).trace(self.subject.model)
-        except Exception:  # noqa: BLE001 - untraceable: full passes
-            return ""
-        order = [n.target for n in graph.nodes if n.op == "call_module" and n.target in layers]
-        return order[0] if len(set(order)) == len(layers) else ""
 
 
 # ------------------------------------------------------------------ readout

@@ -20,9 +20,11 @@ the loop, so every image is a valid stimulus.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -33,11 +35,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import check_finite, check_option, check_positive_int
-from .attribution import _REDUCE, Target, as_stimuli, input_size, resolve_target
+from .attribution import OBJECTIVES, Target, as_stimuli, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
+from ._image_param import ImageParam as _ImageParam
+from ._image_param import jitter as _jitter
+from ._image_param import shift as _shift
+from ._image_param import total_variation as _total_variation
+from .forward import model_on
 from .plotting import image_grid
 from .stimuli import load_stimuli
-from .subject import VirtualSubject, _input_size
+from .subject import VirtualSubject
 
 __all__ = [
     "activation_maps",
@@ -47,6 +54,7 @@ __all__ = [
     "top_examples",
     "plot_top_examples",
     "maximize_activation",
+    "Regularizers",
     "deep_dream",
     "plot_images",
 ]
@@ -56,11 +64,6 @@ logger.addHandler(logging.NullHandler())
 
 Objective = Literal["mean", "max", "sum", "l2"]
 Parameterization = Literal["pixel", "fourier"]
-
-#: Square root of the ImageNet colour covariance (Olah et al. 2017 / lucid), columns normalized.
-_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
-_COLOR_SQRT = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
-
 
 # ----------------------------------------------------------- activation maps
 def _one_image(image: Any) -> tuple[torch.Tensor, str]:
@@ -353,7 +356,7 @@ def top_examples(
         flat_pos = np.zeros(len(stim), dtype=int)
     score = values.reshape(len(stim), -1)[np.arange(len(stim)), flat_pos]
     order = np.argsort(score if bottom else -score, kind="stable")[:k]
-    hw = input_size(subject, stim)
+    hw = subject.input_size(stim)
     if spatial:
         map_hw = values.shape[1:]
         pos_y, pos_x = np.unravel_index(flat_pos[order], map_hw)
@@ -410,84 +413,6 @@ def plot_top_examples(result: xr.Dataset, *, ncols: int = 3, size: float = 1.6):
 
 
 # ------------------------------------------------- activation maximization
-def _decorrelate(t: torch.Tensor) -> torch.Tensor:
-    """Map decorrelated colour coordinates (N, 3, H, W) to RGB (Olah et al. 2017)."""
-    return torch.einsum("ij,njhw->nihw", _COLOR_SQRT.to(t.device, t.dtype), t)
-
-
-def _frequencies(h: int, w: int) -> torch.Tensor:
-    """Radial frequency (cycles / pixel) of the rfft2 grid, shape (h, w // 2 + 1)."""
-    fy = torch.fft.fftfreq(h)[:, None]
-    fx = torch.fft.rfftfreq(w)[None, :]
-    return torch.sqrt(fy**2 + fx**2)
-
-
-class _ImageParam:
-    """An image in [0, 1] as sigmoid(colour(spatial(param))); pixel or Fourier spatial basis."""
-
-    def __init__(self, kind: str, hw: tuple[int, int], decorrelate: bool, generator: torch.Generator,
-                 device: torch.device, init_std: float = 0.01) -> None:
-        self.kind, self.hw, self.decorrelate = kind, hw, decorrelate
-        h, w = hw
-        if kind == "fourier":
-            shape = (1, 3, h, w // 2 + 1, 2)
-            freq = _frequencies(h, w)
-            self.scale = (1.0 / freq.clamp(min=1.0 / max(h, w))).to(device)[None, None]
-            self.freq = freq.to(device)
-        else:
-            shape = (1, 3, h, w)
-        self.param = (torch.randn(shape, generator=generator) * init_std).to(device).requires_grad_(True)
-
-    def image(self) -> torch.Tensor:
-        t = self.param
-        if self.kind == "fourier":
-            spectrum = torch.view_as_complex(t.contiguous()) * self.scale
-            t = torch.fft.irfft2(spectrum, s=self.hw, norm="ortho") / 4.0
-        if self.decorrelate:
-            t = _decorrelate(t)
-        return torch.sigmoid(t)
-
-    @torch.no_grad()
-    def blur(self, sigma: float) -> None:
-        """Gaussian blur of the image's spatial basis (exact in the Fourier basis)."""
-        if self.kind == "fourier":
-            self.param.mul_(torch.exp(-2 * math.pi**2 * sigma**2 * self.freq**2)[None, None, ..., None])
-        else:
-            self.param.copy_(_gaussian_blur(self.param, sigma))
-
-    @torch.no_grad()
-    def decay(self, rate: float) -> None:
-        """L2 decay: shrink towards the mid-gray image."""
-        self.param.mul_(1.0 - rate)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    grid = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(grid**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def _total_variation(img: torch.Tensor) -> torch.Tensor:
-    return (img[..., 1:, :] - img[..., :-1, :]).abs().mean() + (img[..., :, 1:] - img[..., :, :-1]).abs().mean()
-
-
-def _shift(amount: int, generator: torch.Generator) -> tuple[int, int]:
-    """A random roll (dy, dx) in [-amount, amount] (no draw when amount is 0)."""
-    if amount == 0:
-        return 0, 0
-    dy, dx = torch.randint(-amount, amount + 1, (2,), generator=generator).tolist()
-    return dy, dx
-
-
-def _jitter(img: torch.Tensor, amount: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.roll(img, shifts=_shift(amount, generator), dims=(-2, -1))
-
-
 def _check_nonnegative(name: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0:
@@ -497,19 +422,6 @@ def _check_nonnegative(name: str, value: float) -> float:
 
 def _on_device(subject: VirtualSubject, device: str | torch.device | None) -> torch.device:
     return torch.device(device) if device is not None else subject.device
-
-
-class _ModelOn:
-    """Context: the subject's model on ``device``, moved back afterwards."""
-
-    def __init__(self, subject: VirtualSubject, device: torch.device) -> None:
-        self.subject, self.device = subject, device
-
-    def __enter__(self) -> None:
-        self.subject.model.to(self.device)
-
-    def __exit__(self, *_exc: object) -> None:
-        self.subject.model.to(self.subject.device)
 
 
 def _value(subject: VirtualSubject, target: Target, img: torch.Tensor) -> torch.Tensor:
@@ -525,6 +437,52 @@ def _value(subject: VirtualSubject, target: Target, img: torch.Tensor) -> torch.
 _PARAMETERIZATIONS = ("pixel", "fourier")
 
 
+@dataclass(frozen=True)
+class Regularizers:
+    """Image regularizers of :func:`maximize_activation`, validated on creation.
+
+    Parameters
+    ----------
+    jitter : int
+        Maximum random roll (pixels) per step; 0 disables.
+    blur_every : int
+        Blur every ``blur_every`` steps (0: never).
+    blur_sigma : float
+        Gaussian blur sigma (pixels).
+    l2_decay : float
+        Fraction by which the parameters shrink each step.
+    tv_weight : float
+        Weight of the total-variation penalty.
+
+    Raises
+    ------
+    InvalidDataError
+        Negative or non-integer values.
+    """
+
+    jitter: int = 8
+    blur_every: int = 0
+    blur_sigma: float = 0.5
+    l2_decay: float = 0.0
+    tv_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("l2_decay", "tv_weight", "blur_sigma"):
+            object.__setattr__(self, name, _check_nonnegative(name, getattr(self, name)))
+        jitter, blur_every = self.jitter, self.blur_every
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
+            raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
+        if isinstance(blur_every, bool) or not isinstance(blur_every, (int, np.integer)) or blur_every < 0:
+            raise InvalidDataError(f"blur_every must be an integer >= 0 (0: never), got {blur_every!r}.")
+        object.__setattr__(self, "jitter", int(jitter))
+        object.__setattr__(self, "blur_every", int(blur_every))
+
+    def attrs(self) -> dict[str, Any]:
+        """The settings for result attrs."""
+        return {"jitter": self.jitter, "blur_every": self.blur_every, "l2_decay": self.l2_decay,
+                "tv_weight": self.tv_weight, "blur_sigma": self.blur_sigma}
+
+
 def maximize_activation(
     subject: VirtualSubject,
     layer: str | None = None,
@@ -538,17 +496,14 @@ def maximize_activation(
     minimize: bool = False,
     steps: int = 256,
     lr: float = 0.05,
-    jitter: int = 8,
-    blur_every: int = 0,
-    blur_sigma: float = 0.5,
-    l2_decay: float = 0.0,
-    tv_weight: float = 0.0,
+    regularizers: Regularizers | None = None,
     parameterization: Parameterization = "fourier",
     decorrelate: bool = True,
     size: int | tuple[int, int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    **regularizer_options: Any,
 ) -> xr.Dataset:
     """Synthesize the image that maximizes (or minimizes) a unit, channel, layer or class.
 
@@ -586,16 +541,12 @@ def maximize_activation(
         Optimization steps.
     lr : float
         Adam learning rate.
-    jitter : int
-        Maximum random roll (pixels) per step; 0 disables.
-    blur_every : int
-        Blur every ``blur_every`` steps (0: never).
-    blur_sigma : float
-        Gaussian blur sigma (pixels).
-    l2_decay : float
-        Fraction by which the parameters shrink each step.
-    tv_weight : float
-        Weight of the total-variation penalty.
+    regularizers : Regularizers, optional
+        Jitter, blur, L2 decay and total-variation weight in one object (default
+        ``Regularizers()``); see :class:`Regularizers`.
+    **regularizer_options
+        ``jitter``, ``blur_every``, ``blur_sigma``, ``l2_decay``, ``tv_weight`` given one
+        by one (override the fields of ``regularizers``).
     parameterization : {"pixel", "fourier"}
         Spatial basis of the image (Fourier: 1/f-scaled spectrum, Olah et al. 2017).
     decorrelate : bool
@@ -633,54 +584,22 @@ def maximize_activation(
     """
     check_positive_int("steps", steps)
     check_option("parameterization", parameterization, _PARAMETERIZATIONS)
-    check_option("objective", objective, _REDUCE)
+    check_option("objective", objective, OBJECTIVES)
     lr = _check_nonnegative("lr", lr)
-    settings = {
-        "l2_decay": _check_nonnegative("l2_decay", l2_decay),
-        "tv_weight": _check_nonnegative("tv_weight", tv_weight),
-        "blur_sigma": _check_nonnegative("blur_sigma", blur_sigma),
-    }
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
-        raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
-    if isinstance(blur_every, bool) or not isinstance(blur_every, (int, np.integer)) or blur_every < 0:
-        raise InvalidDataError(f"blur_every must be an integer >= 0 (0: never), got {blur_every!r}.")
-    side = _input_size(subject.preprocessing) if size is None else size
+    regs = _regularizers(regularizers, regularizer_options)
+    side = subject.input_size()[0] if size is None else size
     hw = (side, side) if isinstance(side, (int, np.integer)) else tuple(int(s) for s in side)
     uy, ux = (None, None) if unit is None else (int(unit[0]), int(unit[1]))
     target = resolve_target(
         subject, layer=layer, channel=channel, y=uy, x=ux, class_index=class_index, class_name=class_name,
         reduce=objective, log_softmax=softmax, allow_whole_layer=True, size=hw,
     )
-    sign = -1.0 if minimize else 1.0
     run_device = _on_device(subject, device)
     generator = torch.Generator().manual_seed(seed)
     image = _ImageParam(parameterization, hw, decorrelate, generator, run_device)
-    optimizer = torch.optim.Adam([image.param], lr=lr)
-    trace = np.empty(steps, dtype=np.float64)
-    with _ModelOn(subject, run_device):
-        with torch.no_grad():
-            initial = float(_value(subject, target, image.image())[0])
-        for step in tqdm(range(steps), desc="maximize activation", disable=not progress):
-            optimizer.zero_grad()
-            img = image.image()
-            value = _value(subject, target, _jitter(img, jitter, generator))[0]
-            loss = -sign * value + settings["tv_weight"] * _total_variation(img)
-            loss.backward()
-            if step == 0 and not image.param.grad.any():
-                raise InvalidDataError(
-                    f"The target ({target.description}) has zero gradient at the seeded start image, so "
-                    "the optimization cannot move: the unit is silent there (e.g. behind a ReLU). Target "
-                    "the pre-activation layer instead (e.g. 'conv5' rather than 'relu5'), or another seed."
-                )
-            optimizer.step()
-            trace[step] = float(value.detach())
-            if settings["l2_decay"] > 0:
-                image.decay(settings["l2_decay"])
-            if blur_every and (step + 1) % blur_every == 0 and settings["blur_sigma"] > 0:
-                image.blur(settings["blur_sigma"])
-        with torch.no_grad():
-            final_img = image.image()
-            final = float(_value(subject, target, final_img)[0])
+    with model_on(subject.model, run_device, subject.device):
+        trace, values, final_img = _ascend(subject, target, image, regs, steps=steps, lr=lr,
+                                           sign=-1.0 if minimize else 1.0, generator=generator, progress=progress)
     check_finite("objective trace", trace)
     attrs = {
         **subject.provenance(target.layer or subject.layers[-1]),
@@ -692,14 +611,12 @@ def maximize_activation(
         "steps": int(steps),
         "lr": lr,
         "optimizer": "Adam",
-        "jitter": int(jitter),
-        "blur_every": int(blur_every),
-        **settings,
+        **regs.attrs(),
         "parameterization": parameterization,
         "decorrelate": int(decorrelate),
         "seed": int(seed),
-        "initial_activation": initial,
-        "final_activation": final,
+        "initial_activation": values[0],
+        "final_activation": values[1],
     }
     return xr.Dataset(
         {
@@ -709,6 +626,51 @@ def maximize_activation(
         coords={"step": np.arange(1, steps + 1), "rgb": ["r", "g", "b"]},
         attrs=attrs,
     )
+
+
+_REGULARIZER_FIELDS = ("jitter", "blur_every", "blur_sigma", "l2_decay", "tv_weight")
+
+
+def _regularizers(regularizers: Regularizers | None, options: dict[str, Any]) -> Regularizers:
+    """``regularizers`` with the fields given one by one replaced (unknown names: TypeError)."""
+    unknown = sorted(set(options) - set(_REGULARIZER_FIELDS))
+    if unknown:
+        raise TypeError(f"maximize_activation() got unexpected keyword argument(s) {unknown}; "
+                        f"regularizer options are {list(_REGULARIZER_FIELDS)}.")
+    base = regularizers if regularizers is not None else Regularizers()
+    return dataclasses.replace(base, **options) if options else base
+
+
+def _ascend(subject: VirtualSubject, target: Target, image: _ImageParam, regs: Regularizers, *, steps: int,
+            lr: float, sign: float, generator: torch.Generator, progress: bool
+            ) -> tuple[np.ndarray, tuple[float, float], torch.Tensor]:
+    """Gradient ascent (Adam) on ``image``: the objective trace, (initial, final) target values, final image."""
+    optimizer = torch.optim.Adam([image.param], lr=lr)
+    trace = np.empty(steps, dtype=np.float64)
+    with torch.no_grad():
+        initial = float(_value(subject, target, image.image())[0])
+    for step in tqdm(range(steps), desc="maximize activation", disable=not progress):
+        optimizer.zero_grad()
+        img = image.image()
+        value = _value(subject, target, _jitter(img, regs.jitter, generator))[0]
+        loss = -sign * value + regs.tv_weight * _total_variation(img)
+        loss.backward()
+        if step == 0 and not image.param.grad.any():
+            raise InvalidDataError(
+                f"The target ({target.description}) has zero gradient at the seeded start image, so "
+                "the optimization cannot move: the unit is silent there (e.g. behind a ReLU). Target "
+                "the pre-activation layer instead (e.g. 'conv5' rather than 'relu5'), or another seed."
+            )
+        optimizer.step()
+        trace[step] = float(value.detach())
+        if regs.l2_decay > 0:
+            image.decay(regs.l2_decay)
+        if regs.blur_every and (step + 1) % regs.blur_every == 0 and regs.blur_sigma > 0:
+            image.blur(regs.blur_sigma)
+    with torch.no_grad():
+        final_img = image.image()
+        final = float(_value(subject, target, final_img)[0])
+    return trace, (initial, final), final_img
 
 
 # ----------------------------------------------------------------- DeepDream
@@ -794,7 +756,7 @@ def deep_dream(
     """
     check_positive_int("octaves", octaves)
     check_positive_int("steps_per_octave", steps_per_octave)
-    check_option("objective", objective, _REDUCE)
+    check_option("objective", objective, OBJECTIVES)
     lr = _check_nonnegative("lr", lr)
     if not math.isfinite(octave_scale) or octave_scale <= 1:
         raise InvalidDataError(f"octave_scale must be > 1, got {octave_scale}.")
@@ -802,7 +764,7 @@ def deep_dream(
         raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
     generator = torch.Generator().manual_seed(seed)
     if image is None:
-        side = _input_size(subject.preprocessing)
+        side = subject.input_size()[0]
         base = (0.5 + 0.1 * torch.randn((1, 3, side, side), generator=generator)).clamp(0, 1)
         source = "noise"
     else:
@@ -815,7 +777,7 @@ def deep_dream(
 
     def value(img: torch.Tensor) -> torch.Tensor:
         out = subject.forward_layers(subject.preprocessing.normalize(img), [dotted], grad=True)[dotted]
-        return _REDUCE[objective](out[:, index]).sum()
+        return OBJECTIVES[objective](out[:, index]).sum()
 
     run_device = _on_device(subject, device)
     sizes = [
@@ -825,7 +787,7 @@ def deep_dream(
     base = base.to(run_device)
     detail = torch.zeros(1, 3, *sizes[0], device=run_device)
     trace, trace_octave = [], []
-    with _ModelOn(subject, run_device), tqdm(total=octaves * steps_per_octave, desc="deep dream", disable=not progress) as bar:
+    with model_on(subject.model, run_device, subject.device), tqdm(total=octaves * steps_per_octave, desc="deep dream", disable=not progress) as bar:
         for level, level_hw in enumerate(sizes):
             level_base = _resize(base, level_hw) if level_hw != hw else base
             img = (level_base + _resize(detail, level_hw)).clamp(0, 1)

@@ -311,3 +311,16 @@ def test_plots_return_figures(tiny):
     assert [sum(bool(ax.get_images()) for ax in f.axes) for f in figs] == [2, 4, 2]
     for f in figs:
         plt.close(f)
+
+
+def test_regularizers_object_equals_the_options_one_by_one(tiny):
+    kwargs = dict(steps=5, size=8, progress=False, seed=1)
+    loose = vis.maximize_activation(tiny, "2", 0, jitter=2, blur_every=2, l2_decay=0.01, tv_weight=0.1, **kwargs)
+    regs = vis.Regularizers(jitter=2, blur_every=2, l2_decay=0.01, tv_weight=0.1)
+    grouped = vis.maximize_activation(tiny, "2", 0, regularizers=regs, **kwargs)
+    np.testing.assert_array_equal(loose["image"].values, grouped["image"].values)
+    assert loose.attrs == grouped.attrs
+    with pytest.raises(InvalidDataError, match="jitter"):
+        vis.Regularizers(jitter=-1)
+    with pytest.raises(TypeError, match="jiter"):
+        vis.maximize_activation(tiny, "2", 0, jiter=2, **kwargs)

@@ -265,10 +265,8 @@ def _input_hw(subject: VirtualSubject, input_size: int | tuple[int, int] | None)
     if input_size is not None:
         return _pair(input_size)
     pre = subject.preprocessing
-    if pre.crop is not None:
-        return (pre.crop, pre.crop)
-    if isinstance(pre.resize, tuple):
-        return tuple(pre.resize)
+    if pre.crop is not None or isinstance(pre.resize, tuple):
+        return subject.input_size()
     raise ShapeMismatchError(
         "The subject's preprocessing keeps the image size, so the input size is unknown: pass "
         "input_size=(height, width)."

@@ -23,10 +23,19 @@ from tqdm.auto import tqdm
 
 from .._validation import check_fraction, check_option, check_positive_int
 from ..exceptions import InvalidDataError, ShapeMismatchError, StimulusError
+from ..forward import model_on
 from ..stimuli import load_stimuli
 from ..subject import VirtualSubject
 from ._geometry import _Geometry, _traces
-from ._occlusion import _FILLS, _MODES, _Occluders, _occlusion_maps, _positions, _Rows, Occlusion
+from ._occlusion import (
+    _FILLS,
+    _MODES,
+    Occlusion,
+    _Occluders,
+    _occlusion_maps,
+    _positions,
+    _Rows,
+)
 
 __all__ = ["empirical_rf", "rf_size_summary"]
 
@@ -167,9 +176,7 @@ def empirical_rf(
     hw = tuple(subject.preprocessing.geometric(stim.load(0)).shape[-2:])
     if window > min(hw):
         raise ShapeMismatchError(f"The occluder ({window} px) is larger than the {hw[0]} x {hw[1]} image.")
-    run_device = torch.device(device) if device is not None else subject.device
-    subject.model.to(run_device)
-    try:
+    with model_on(subject.model, device, subject.device) as run_device:
         trace = _traces(subject, [layer], hw)[layer]
         peaks, uy, ux = _top_images(subject, stim, layer, channel_list, batch_size, progress)
         order = np.argsort(-peaks, axis=0, kind="stable")[:top_k].T  # (unit, rank)
@@ -179,8 +186,6 @@ def empirical_rf(
                      ux[order, units].reshape(-1), peaks[order, units].reshape(-1))
         maps, info = _occlusion_maps(subject, stim, layer, rows, occluders, trace, hw, occlusion=occlusion,
                                      batch_size=batch_size, device=run_device, progress=progress)
-    finally:
-        subject.model.to(subject.device)
     maps = maps.reshape(len(channel_list), top_k, len(ys), len(xs))
     attrs = {
         **subject.provenance(layer),

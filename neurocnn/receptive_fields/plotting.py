@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from ..exceptions import InvalidDataError
+from .._validation import check_index
 
 __all__ = ["plot_discrepancy_maps", "plot_rfs", "plot_rf_sizes"]
 
@@ -22,7 +22,7 @@ def plot_discrepancy_maps(result: xr.Dataset, unit: int = 0, *, ncols: int = 5):
     """
     import matplotlib.pyplot as plt
 
-    _check_index("unit", unit, result.sizes["unit"])
+    check_index("unit", unit, result.sizes["unit"])
     maps = result["discrepancy"].isel(unit=unit)
     k = maps.sizes["rank"]
     ncols = max(1, min(ncols, k))
@@ -54,7 +54,7 @@ def plot_rfs(result: xr.Dataset, units: Sequence[int] | None = None, *, ncols: i
 
     units = list(range(result.sizes["unit"])) if units is None else list(units)
     for u in units:
-        _check_index("unit", u, result.sizes["unit"])
+        check_index("unit", u, result.sizes["unit"])
     ncols = max(1, min(ncols, len(units)))
     nrows = -(-len(units) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2 * nrows), squeeze=False)
@@ -92,8 +92,3 @@ def _extent(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     dx = (x[1] - x[0]) / 2 if len(x) > 1 else 0.5
     dy = (y[1] - y[0]) / 2 if len(y) > 1 else 0.5
     return (float(x[0] - dx), float(x[-1] + dx), float(y[-1] + dy), float(y[0] - dy))
-
-
-def _check_index(name: str, value: int, n: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < n:
-        raise InvalidDataError(f"{name}={value!r} is out of range; valid: 0..{n - 1}.")

@@ -94,6 +94,8 @@ def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: Any = None) -> np.
     """
     if isinstance(order, _RankPlan):
         return order.ranks(w)
+    if w is None:
+        return _rank_rows(x)
     shape = np.broadcast_shapes(x.shape, x.shape if w is None else w.shape)
     xb = np.broadcast_to(x, shape)
     ob = np.argsort(xb, axis=-1)  # SIMD quicksort; tie order is irrelevant for average ranks
@@ -116,6 +118,31 @@ def _wrank(x: np.ndarray, w: np.ndarray | None = None, order: Any = None) -> np.
     after = np.minimum.accumulate(np.where(last, cs, np.inf)[..., ::-1], -1)[..., ::-1]
     np.put_along_axis(out, ob, (before + after + 1.0) / 2.0, -1)
     return out
+
+
+def _rank_rows(x: np.ndarray) -> np.ndarray:
+    """Unweighted average ranks along the last axis, one row at a time.
+
+    Each RDM is ranked once (one argsort); 1-D gathers and scatters per row are ~2x
+    faster than ``take_along_axis``/``put_along_axis`` over a stack.
+    """
+    x = np.asarray(x)
+    rows = x.reshape(-1, x.shape[-1])
+    out = np.empty(rows.shape)
+    arange = np.arange(1.0, rows.shape[-1] + 1.0)
+    for row, dest in zip(rows, out):
+        order = np.argsort(row)
+        xs = row[order]
+        same = xs[1:] == xs[:-1]
+        if not same.any():
+            dest[order] = arange
+            continue
+        new = np.r_[True, ~same]  # first of each tie group
+        last = np.r_[~same, True]
+        before = np.maximum.accumulate(np.where(new, arange - 1.0, -np.inf))
+        after = np.minimum.accumulate(np.where(last, arange, np.inf)[::-1])[::-1]
+        dest[order] = (before + after + 1.0) / 2.0
+    return out.reshape(x.shape)
 
 
 def _cmp_cosine(A, B, w=None):

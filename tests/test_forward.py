@@ -1,0 +1,144 @@
+"""The forward engine: no probe pass, lesions in provenance, device context, thread policy, index checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from torch import nn
+
+import neurocnn as nc
+from neurocnn import forward, lesions, rsa
+from neurocnn._validation import check_index
+from neurocnn.exceptions import IndexOutOfRangeError, InvalidDataError, UnknownNameError
+
+IDENTITY = nc.Preprocessing(resize=None, crop=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+class _Counted(nn.Module):
+    """conv -> relu -> conv -> global pool; counts its forward calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 2, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.pool(self.conv2(self.relu(self.conv1(x)))).flatten(1)
+
+
+def _images(n: int = 10, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(0).random((n, size, size, 3)).astype(np.float32)
+
+
+def test_no_probe_pass_and_shapes_from_real_batches():
+    net = _Counted()
+    subject = nc.VirtualSubject(net, preprocessing=IDENTITY, name="counted")
+    acts = subject.activations(_images(10), ["conv1", "conv2"], batch_size=4, progress=False)
+    assert net.calls == 3  # one pass per batch of 4, none spent on a probe image
+    assert subject.output_shape("conv2", (8, 8)) == (2, 8 - 2, 8 - 2)  # cached from the real batches
+    assert net.calls == 3
+    with torch.no_grad():  # oracle: a plain forward pass
+        x = torch.as_tensor(_images(10)).permute(0, 3, 1, 2)
+        want = net.conv2(net.relu(net.conv1(x))).numpy()
+    np.testing.assert_allclose(acts["conv2"].values, want, rtol=1e-6, atol=1e-6)
+
+
+def test_module_run_twice_is_refused_after_the_first_batch():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    subject = nc.VirtualSubject(Twice(), preprocessing=IDENTITY, name="twice")
+    with pytest.raises(UnknownNameError, match="runs 2 times"):
+        subject.activations(_images(2), "conv", progress=False)
+
+
+def test_lesions_live_on_the_subject_and_in_provenance():
+    subject = nc.VirtualSubject(_Counted(), preprocessing=IDENTITY, name="counted")
+    intact = subject.activations(_images(4), "conv2", progress=False)
+    assert intact.attrs["lesions"] == "none"
+    lesion = lesions.knockout(subject, "conv1", [1, 3])
+    with lesion:
+        assert subject.lesions == [lesion] == lesions.active_lesions(subject)
+        hit = subject.activations(_images(4), "conv2", progress=False)
+    assert subject.lesions == []
+    assert "knockout" in hit.attrs["lesions"] and "lesion_layer=conv1" in hit.attrs["lesions"]
+    assert "units_sha256=" in hit.attrs["lesions"]
+    assert hit.attrs["weights_sha256"] == intact.attrs["weights_sha256"]
+    assert hit.attrs["state_sha256"] != intact.attrs["state_sha256"]
+    other = lesions.knockout(subject, "conv1", [0, 3])  # same count, other units: another state
+    with other:
+        assert subject.provenance("conv2")["state_sha256"] != hit.attrs["state_sha256"]
+    assert subject.provenance("conv2")["state_sha256"] == intact.attrs["state_sha256"]
+
+
+def test_model_on_moves_back_after_an_error():
+    net = nn.Linear(2, 2)
+    home = torch.device("cpu")
+    calls = []
+    net.to = lambda device: calls.append(torch.device(device)) or net  # record moves
+    with pytest.raises(RuntimeError, match="boom"):
+        with forward.model_on(net, "meta", home):
+            raise RuntimeError("boom")
+    assert calls == [torch.device("meta"), home]
+    calls.clear()
+    with forward.model_on(net, None, home) as run:
+        assert run == home
+    assert calls == []  # already there: no move
+
+
+def test_thread_policy(monkeypatch):
+    assert forward.available_cpus() >= 1
+    before = torch.get_num_threads()
+    try:
+        forward.set_num_threads(1)
+        assert torch.get_num_threads() == 1
+        assert forward.thread_policy() == {"num_threads": 1, "thread_policy": "set_num_threads"}
+        with pytest.raises(InvalidDataError, match="positive integer"):
+            forward.set_num_threads(0)
+        forward.set_num_threads(None)
+        monkeypatch.setenv(forward.ENV_THREADS, "1")
+        assert forward.apply_thread_policy(force=True)["thread_policy"] == forward.ENV_THREADS
+        monkeypatch.setenv(forward.ENV_THREADS, "lots")
+        with pytest.raises(InvalidDataError, match="NEUROCNN_NUM_THREADS"):
+            forward.apply_thread_policy(force=True)
+        monkeypatch.setenv(forward.ENV_THREADS, "torch")
+        assert "torch" in forward.apply_thread_policy(force=True)["thread_policy"]
+    finally:
+        monkeypatch.delenv(forward.ENV_THREADS, raising=False)
+        torch.set_num_threads(before)
+
+
+def test_cgroup_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert forward._cgroup_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert forward._cgroup_quota(tmp_path) is None
+
+
+def test_check_index_one_exception():
+    assert check_index("channel", np.int64(2), 3) == 2
+    for bad in (3, -1, 1.0, True):
+        with pytest.raises(IndexOutOfRangeError, match="valid channels are 0..2"):
+            check_index("channel", bad, 3)
+    assert issubclass(IndexOutOfRangeError, (UnknownNameError, InvalidDataError, IndexError))
+
+
+def test_spearman_with_ties_matches_scipy():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 6, (3, 45)).astype(float)  # many ties (categorical model RDMs)
+    b = rng.random((2, 45))
+    got = rsa.compare_rdms(a, b, method="spearman").values
+    want = [[scipy.stats.spearmanr(x, y).statistic for y in b] for x in a]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
