@@ -59,7 +59,7 @@ BENCHMARK_ARGS: dict[str, tuple[str, ...]] = {
     "rsa": ("--quick",),
     "scale": ("--quick",),
     "searchlight": ("--whole-brain", "skip"),
-    "receptive_fields": ("--stride", "11"),
+    "receptive_fields": ("--quick",),
     "visualization": ("--steps", "32", "--repeats", "1"),
 }
 
