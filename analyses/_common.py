@@ -49,6 +49,12 @@ def make_subject(args: argparse.Namespace) -> VirtualSubject:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
-    """Create and return the output folder."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    return args.out
+    """Create (and mark as neurocnn's) and return the output folder.
+
+    Files in it are written atomically and only replaced with ``--overwrite`` when
+    neurocnn wrote them (see :func:`neurocnn.io.check_writable`); a user's files in an
+    existing folder are never touched.
+    """
+    from neurocnn import io
+
+    return io.make_output_dir(args.out, kind=f"analysis output ({Path(__file__).stem})")

@@ -55,6 +55,47 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     return int(seed)
 
 
+def check_device(device: Any) -> Any:
+    """Return ``device`` as a ``torch.device`` that exists on this machine.
+
+    Raises
+    ------
+    UnknownNameError
+        Not a device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...).
+    DeviceError
+        A CUDA/MPS device on a machine without one (the message says what there is).
+    """
+    import torch
+
+    from .exceptions import DeviceError
+
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        try:
+            dev = torch.device(plain(device))
+        except (RuntimeError, TypeError, ValueError):
+            raise UnknownNameError(
+                f"Unknown device {show(device)}. Valid: 'cpu', 'cuda', 'cuda:<index>', 'mps'."
+            ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {str(dev)!r} was requested but CUDA is not available on this machine "
+                "(no NVIDIA GPU, driver, or a CPU-only torch build). Use device='cpu' "
+                "(CLI: --device cpu)."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {str(dev)!r} was requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ... cuda:"
+                f"{torch.cuda.device_count() - 1}). Choose one of them."
+            )
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"device 'mps' was requested but Apple MPS is not available here. Use device='cpu'.")
+    return dev
+
+
 def numpy_rng(seed: Any, name: str = "seed") -> np.random.Generator:
     """``numpy.random.default_rng`` of a checked seed (see :func:`check_seed`)."""
     return np.random.default_rng(check_seed(seed, name))

@@ -42,8 +42,12 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from . import io
     from .subject import VirtualSubject
 
+    _check_common(args)
+    if args.out.exists() and args.overwrite and not io.is_owned(args.out):
+        io.check_writable(args.out, overwrite=True)  # a user's folder: refused, never deleted
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     layers = args.layers or None
     subject.activations(
@@ -55,9 +59,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_rsa(args: argparse.Namespace) -> int:
+    from ._validation import check_positive_int, check_seed
     from .experiments import run_layers_vs_hit
     from .subject import VirtualSubject
 
+    _check_common(args)  # everything is checked before the network is loaded
+    check_positive_int("--n-bootstrap", args.n_bootstrap)
+    check_seed(args.seed, "--seed")
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     result = run_layers_vs_hit(
         subject, args.out, n_bootstrap=args.n_bootstrap, seed=args.seed, layers=args.layers or None,
@@ -98,6 +106,7 @@ def _cmd_maximize(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for path in (out.with_suffix(".nc"), out.with_suffix(".png")):
         io.check_writable(path, overwrite=args.overwrite)
+    _check_common(args)
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     result = maximize_activation(
         subject, args.layer, args.channel, class_name=args.class_name, minimize=args.minimize,
@@ -119,6 +128,8 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from .subject import VirtualSubject
 
     out = Path(args.out)
+    _check_common(args)
+    io.output_format(out)
     io.check_writable(out, overwrite=args.overwrite)
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     target = {"class_name": args.class_name} if args.class_name else {"layer": args.layer, "channel": args.channel}
@@ -148,10 +159,31 @@ def _cmd_analysis(args: argparse.Namespace) -> int:
 def _cmd_paper(args: argparse.Namespace) -> int:
     from .paper import build_paper
 
+    _check_common(args)
     pdf = build_paper(args.out, quick=args.quick, skip_analyses=args.skip_analyses, only=args.only or None,
                       benchmarks=args.benchmarks, seed=args.seed)
     sys.stdout.write(f"wrote {pdf}\n")
     return 0
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """Checks every command shares, before any expensive work: device, batch size, --out."""
+    from . import io
+    from ._validation import check_device, check_positive_int
+
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+    if getattr(args, "batch_size", None) is not None:
+        check_positive_int("--batch-size", args.batch_size)
+    out = getattr(args, "out", None)
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir() and args.command in ("rsa", "demo", "paper"):
+            io.make_output_dir(out)  # raises: a file where a folder is wanted
+        parent = out if out.is_dir() else out.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        io.check_writable(parent / ".neurocnn-write-probe")
 
 
 def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "efficientnet_lite0") -> None:
@@ -242,13 +274,40 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``neurocnn`` command line; returns the exit status."""
-    from .exceptions import NeurocnnError
+    """Run the ``neurocnn`` command line; returns the exit status.
+
+    Every error a user can cause (all of :mod:`neurocnn.exceptions`, and OS errors such
+    as a non-writable ``--out``, translated by :class:`~neurocnn.exceptions.foreign_errors`)
+    is printed as one line ``neurocnn <command>: error: ...`` with exit status 2, without
+    a traceback (``-v`` shows it). A closed output pipe (``neurocnn models | head``) ends
+    the command quietly.
+    """
+    from .exceptions import NeurocnnError, foreign_errors
 
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        return _COMMANDS[args.command](args)
+        with foreign_errors(f"neurocnn {args.command}", (OSError,)):
+            code = _COMMANDS[args.command](args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
     except NeurocnnError as err:
-        sys.stderr.write(f"neurocnn {args.command}: error: {err}\n")
+        if args.verbose:
+            logger.exception("neurocnn %s failed", args.command)
+        message = " ".join(str(err).split())
+        sys.stderr.write(f"neurocnn {args.command}: error: {message}\n")
         return 2
+
+
+def _quiet_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush stays silent."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -114,6 +114,8 @@ def _translate(err: BaseException, what: str, mode: str = "write") -> NeurocnnEr
 
     ``mode="read"``: parsing a file, where any other failure means the file is unreadable.
     """
+    if isinstance(err, BrokenPipeError):  # a closed pipe is not an error of the user's
+        return None
     name = type(err).__name__
     module = type(err).__module__ or ""
     if name == "DecompressionBombError" or (name == "DecompressionBombWarning"):

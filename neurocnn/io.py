@@ -26,7 +26,7 @@ from .exceptions import (
 
 __all__ = [
     "save", "load", "check_writable", "clean_attrs", "read_mat", "load_nifti", "OWNER_MARKER",
-    "mark_owned", "is_owned", "make_output_dir", "remove_owned", "atomic_output", "write_text",
+    "mark_owned", "is_owned", "output_format", "make_output_dir", "remove_owned", "atomic_output", "write_text",
 ]
 
 _FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "zarr"}
@@ -34,6 +34,17 @@ _FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "za
 
 def _format(path: Path) -> str:
     return _FORMATS[check_option("file extension", path.suffix.lower(), _FORMATS)]
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """``"netcdf"`` or ``"zarr"`` from a result path's extension (see :func:`save`).
+
+    Raises
+    ------
+    UnknownNameError
+        The extension is neither ``.nc``/``.nc4``/``.netcdf`` nor ``.zarr``.
+    """
+    return _format(Path(path))
 
 
 #: Name of the ownership marker neurocnn keeps in every folder it writes into.
@@ -87,11 +98,27 @@ def _file_sha256(path: Path) -> str:
     return sha256sum(path)
 
 
+def _is_zarr(path: Path) -> bool:
+    return any((path / name).is_file() for name in (".zgroup", ".zarray", "zarr.json"))
+
+
+def _zarr_owned(path: Path) -> bool:
+    """A zarr store is ours if its root attrs carry neurocnn's marker (or an extraction fingerprint)."""
+    try:
+        import zarr
+
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - unreadable is "not ours"
+        return False
+    return isinstance(attrs.get("neurocnn_owned"), dict) or isinstance(attrs.get("neurocnn_extraction"), dict)
+
+
 def mark_owned(path: str | os.PathLike, *, kind: str = "output") -> Path:
     """Record that neurocnn wrote ``path`` (a file or a folder), so it may later be replaced.
 
-    A folder gets the marker file :data:`OWNER_MARKER` inside it; a file is listed, with
-    its sha256, in the marker of its parent folder. Only marked outputs are ever
+    A folder gets the marker file :data:`OWNER_MARKER` inside it (a zarr store: a
+    ``neurocnn_owned`` root attribute instead, as zarr reads every file of a store); a
+    file is listed, with its sha256, in the marker of its parent folder. Only marked outputs are ever
     replaced by ``overwrite=True`` (a file edited since neurocnn wrote it is not).
 
     Parameters
@@ -108,6 +135,12 @@ def mark_owned(path: str | os.PathLike, *, kind: str = "output") -> Path:
     from ._version import version
 
     path = Path(path)
+    if path.is_dir() and _is_zarr(path):
+        import zarr
+
+        with foreign_errors(f"marking {path}"):
+            zarr.open_group(str(path), mode="r+").attrs["neurocnn_owned"] = {"kind": kind, "neurocnn_version": version()}
+        return path
     if path.is_dir():
         with _Lock(path):
             data = _read_marker(path)
@@ -131,6 +164,8 @@ def is_owned(path: str | os.PathLike) -> bool:
     has now. Missing paths are not owned.
     """
     path = Path(path)
+    if path.is_dir() and _is_zarr(path):
+        return _zarr_owned(path)
     if path.is_dir():
         return bool(_read_marker(path).get("owned_folder"))
     if not path.is_file():

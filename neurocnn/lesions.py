@@ -33,7 +33,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ._validation import check_finite, check_fraction, check_option, check_positive_int
+from ._validation import check_finite, check_fraction, check_option, check_positive_int, check_seed, numpy_rng
 from .exceptions import InvalidDataError, NoSelectiveUnitsError, StimulusError
 from .stimuli import StimulusSet, load_stimuli
 from .subject import VirtualSubject, _input_size, _state_dict_sha256
@@ -376,7 +376,7 @@ def split_localizer(
         raise InvalidDataError("fraction must lie strictly between 0 and 1 so both halves get images.")
     stim = load_stimuli(stimuli)
     labels = _labels(stim, by, [])
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     chosen = []
     for value in sorted(set(labels.tolist())):
         idx = np.flatnonzero(labels == value)
@@ -405,7 +405,7 @@ def random_units(n: int, layer_size: int, *, exclude: Any = (), seed: int = 0) -
             f"Cannot draw {n} random units from a layer of {layer_size} with {excluded.size} excluded "
             f"({pool.size} left)."
         )
-    return np.sort(np.random.default_rng(seed).choice(pool, size=n, replace=False))
+    return np.sort(numpy_rng(seed).choice(pool, size=n, replace=False))
 
 
 # ------------------------------------------------------------------ lesions
@@ -421,7 +421,7 @@ class Lesion:
     def __init__(self, subject: VirtualSubject, layer: str, seed: int = 0) -> None:
         self.subject = subject
         self.layer = subject.resolve_layer(layer)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self._active = False
 
     def attrs(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from . import datasets
-from ._validation import check_option
+from ._validation import check_option, check_seed
 from .exceptions import IntegrityError, MissingFileError
 
 __all__ = [
@@ -340,6 +340,7 @@ def load_model(
     IntegrityError
         If the file's hash does not match the one in its name or manifest.
     """
+    seed = check_seed(seed)
     if weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -361,10 +362,19 @@ def load_model(
     model = spec.builder()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise IntegrityError(f"Cannot read weights file {path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise IntegrityError(
+            f"Cannot read weights file {path}: it is not a readable PyTorch state-dict file "
+            f"(corrupt, truncated, or another format; {type(err).__name__}). Download or save it "
+            "again (torch.save(model.state_dict(), path)), or pass weights='pretrained'."
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise IntegrityError(
+            f"Weights file {path} holds a {type(state).__name__}, not a state dict; save weights "
+            "with torch.save(model.state_dict(), path)."
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

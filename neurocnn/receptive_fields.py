@@ -33,7 +33,7 @@ import xarray as xr
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from ._validation import check_fraction, check_option, check_positive_int
+from ._validation import check_device, check_fraction, check_option, check_positive_int, check_seed, torch_generator
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .stimuli import load_stimuli
 from .subject import VirtualSubject, version
@@ -412,7 +412,7 @@ def _check_unit(layer: str, y: int, x: int, map_size: tuple[int, int]) -> None:
 
 # -------------------------------------------------------------- empirical RF
 def _random_patches(n: int, window: int, mean: tuple[float, ...], seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_generator(seed)
     return torch.rand(n, 3, window, window, generator=generator)
 
 
@@ -588,7 +588,7 @@ def empirical_rf(
     if window > min(hw):
         raise ShapeMismatchError(f"The occluder ({window} px) is larger than the {hw[0]} x {hw[1]} image.")
     (gy, gx), _ = _geometries(subject, [layer], hw)[layer]
-    run_device = torch.device(device) if device is not None else subject.device
+    run_device = check_device(device) if device is not None else subject.device
     subject.model.to(run_device)
     try:
         peaks, uy, ux = _top_images(subject, stim, layer, channel_list, batch_size, progress)

@@ -32,7 +32,7 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import check_finite, check_option, check_positive_int
+from ._validation import check_device, check_finite, check_option, check_positive_int, check_seed, torch_generator
 from .attribution import _REDUCE, Target, as_stimuli, input_size, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .plotting import image_grid
@@ -496,7 +496,7 @@ def _check_nonnegative(name: str, value: float) -> float:
 
 
 def _on_device(subject: VirtualSubject, device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else subject.device
+    return check_device(device) if device is not None else subject.device
 
 
 class _ModelOn:
@@ -653,7 +653,7 @@ def maximize_activation(
     )
     sign = -1.0 if minimize else 1.0
     run_device = _on_device(subject, device)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_generator(seed)
     image = _ImageParam(parameterization, hw, decorrelate, generator, run_device)
     optimizer = torch.optim.Adam([image.param], lr=lr)
     trace = np.empty(steps, dtype=np.float64)
@@ -800,7 +800,7 @@ def deep_dream(
         raise InvalidDataError(f"octave_scale must be > 1, got {octave_scale}.")
     if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
         raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_generator(seed)
     if image is None:
         side = _input_size(subject.preprocessing)
         base = (0.5 + 0.1 * torch.randn((1, 3, side, side), generator=generator)).clamp(0, 1)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .._validation import check_option, check_positive_int, default_ids
+from .._validation import check_device, check_option, check_positive_int, default_ids
 from .._version import version
 from ..exceptions import InvalidDataError, ShapeMismatchError
 from ._stack import _PROVENANCE_KEYS, _clean_attrs, _stack_layers, _tensor
@@ -133,7 +133,7 @@ def _gram(act: _Activations, noise: np.ndarray | None, device: str, chunk_size: 
     On CPU without noise weighting, BLAS syrk fills the upper triangle (half the work
     of a matrix product); otherwise torch matmuls run on ``device``.
     """
-    dev = torch.device(device)
+    dev = check_device(device)
     use_syrk = dev.type == "cpu" and noise is None and dtype in _SYRK
     G = torch.zeros((act.n_rows, act.n_rows), dtype=torch.float64, device=dev)
     G_np = np.zeros((act.n_rows, act.n_rows), order="F") if use_syrk else None

@@ -146,7 +146,9 @@ def _read_array(path: pathlib.Path, variable: str | None, what: str) -> tuple[np
                 f"{what}: variable {variable!r} of {str(path)!r} holds no numeric array or RDMs."
             )
         return arrays[variable], arrays
-    big = {k: v for k, v in arrays.items() if v.ndim >= 2 or _looks_like_rdms(v)}
+    big = {k: v for k, v in arrays.items() if v.ndim >= 2}
+    if not big:  # a condensed 1 x P vector is squeezed to (P,) by read_mat
+        big = {k: v for k, v in arrays.items() if v.ndim == 1 and _looks_like_rdms(v) and v.size >= 3}
     if len(big) != 1:
         raise ShapeMismatchError(
             f"{what}: {str(path)!r} holds {len(big)} candidate arrays {sorted(big)}; choose one "
