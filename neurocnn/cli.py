@@ -60,12 +60,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _cmd_rsa(args: argparse.Namespace) -> int:
     from ._validation import check_positive_int, check_seed
+
+    # everything is checked before the heavy imports and before the network is loaded
+    check_positive_int("--n-bootstrap", args.n_bootstrap)
+    check_seed(args.seed, "--seed")
+    _check_common(args)
     from .experiments import run_layers_vs_hit
     from .subject import VirtualSubject
 
-    _check_common(args)  # everything is checked before the network is loaded
-    check_positive_int("--n-bootstrap", args.n_bootstrap)
-    check_seed(args.seed, "--seed")
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     result = run_layers_vs_hit(
         subject, args.out, n_bootstrap=args.n_bootstrap, seed=args.seed, layers=args.layers or None,
@@ -180,10 +182,7 @@ def _check_common(args: argparse.Namespace) -> None:
         out = Path(out)
         if out.exists() and not out.is_dir() and args.command in ("rsa", "demo", "paper"):
             io.make_output_dir(out)  # raises: a file where a folder is wanted
-        parent = out if out.is_dir() else out.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        io.check_writable(parent / ".neurocnn-write-probe")
+        io.check_location(out / "x" if out.is_dir() else out)
 
 
 def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "efficientnet_lite0") -> None:

@@ -26,7 +26,7 @@ from .exceptions import (
 
 __all__ = [
     "save", "load", "check_writable", "clean_attrs", "read_mat", "load_nifti", "OWNER_MARKER",
-    "mark_owned", "is_owned", "output_format", "make_output_dir", "remove_owned", "atomic_output", "write_text",
+    "mark_owned", "is_owned", "output_format", "check_location", "make_output_dir", "remove_owned", "atomic_output", "write_text",
 ]
 
 _FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "zarr"}
@@ -221,6 +221,15 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
             )
         if path.is_symlink() or not is_owned(path):
             raise _not_ours(path)
+    check_location(path)
+    return path
+
+
+def check_location(path: str | os.PathLike) -> Path:
+    """Raise :class:`NotWritableError` unless ``path`` could be created: its nearest
+    existing ancestor must be a writable folder. Nothing is written.
+    """
+    path = Path(path)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -253,9 +262,14 @@ def make_output_dir(path: str | os.PathLike, *, kind: str = "output folder") -> 
             mark_owned(path, kind=kind)
         return path
     check_writable(path)
-    with foreign_errors(f"creating output folder {path}"):
+    try:
         path.mkdir(parents=True, exist_ok=True)
-        mark_owned(path, kind=kind)
+    except OSError as err:
+        raise NotWritableError(
+            f"Cannot create the output folder {path} ({err.strerror or err}). Choose a folder "
+            "you can write to (--out / out=)."
+        ) from None
+    mark_owned(path, kind=kind)
     return path
 
 

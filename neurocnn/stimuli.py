@@ -276,7 +276,9 @@ def _array_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
             "pass numeric images (uint8 0-255 or float in [0, 1]), or file paths as a list of "
             "str, not as an array."
         )
-    if images.ndim == 4 and images.shape[-1] == 4 or images.ndim == 4 and images.shape[1] == 4 and images.shape[-1] != 3:
+    if images.ndim == 4 and 4 in (images.shape[1], images.shape[-1]) and not (
+        images.shape[-1] in (1, 3) or images.shape[1] in (1, 3)
+    ):
         raise StimulusError(
             f"Image array has shape {tuple(images.shape)}: 4 channels (RGBA?). Composite the alpha "
             "channel onto a background first (rgb * a + background * (1 - a)) and pass RGB."
@@ -417,11 +419,11 @@ def synthetic_stimuli(n: int, *, size: int = 64, seed: int = 0) -> StimulusSet:
     For benchmarks and scale tests: any number of stimuli at no memory cost; image
     ``i`` is the same on every machine for the same ``seed``.
     """
-    from ._validation import check_positive_int
+    from ._validation import check_positive_int, check_seed
 
     check_positive_int("n", n)
     check_positive_int("size", size)
-    return _SyntheticStimuli(np.arange(n), size, seed)
+    return _SyntheticStimuli(np.arange(n), size, check_seed(seed))
 
 
 def _named_set(name: str) -> StimulusSet:
