@@ -33,7 +33,7 @@ import xarray as xr
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from ._validation import check_device, check_fraction, check_option, check_positive_int, check_seed, torch_generator
+from ._validation import check_device, check_fraction, check_option, check_positive_int, torch_generator
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .stimuli import load_stimuli
 from .subject import VirtualSubject, version

@@ -24,7 +24,7 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import check_device, check_option, check_positive_int, check_seed
+from ._validation import check_device, check_option, check_positive_int
 from ._version import version
 from .exceptions import InvalidDataError, OverwriteError, ShapeMismatchError, UnknownNameError
 from .scale import map_tasks

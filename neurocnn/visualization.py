@@ -32,7 +32,7 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import check_device, check_finite, check_option, check_positive_int, check_seed, torch_generator
+from ._validation import check_device, check_finite, check_option, check_positive_int, torch_generator
 from .attribution import _REDUCE, Target, as_stimuli, input_size, resolve_target
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from .plotting import image_grid

@@ -19,7 +19,6 @@ from ._stack import (
     _meg_stack,
     _n_from_pairs,
     _rdm_array,
-    _square,
     _Stack,
     _stack_to_dataarray,
     _to_square,
