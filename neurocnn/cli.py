@@ -299,6 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split())
         sys.stderr.write(f"neurocnn {args.command}: error: {message}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"neurocnn {args.command}: interrupted (outputs written so far are complete; "
+                         "extraction stores resume when run again)\n")
+        return 130
+    except Exception as err:  # noqa: BLE001 - a bug, not the user's fault: one line, -v for details
+        if args.verbose:
+            raise
+        message = " ".join(str(err).split())[:500]
+        sys.stderr.write(f"neurocnn {args.command}: unexpected error: {type(err).__name__}: {message} "
+                         "(a bug in neurocnn: please report it; -v shows the traceback)\n")
+        return 1
 
 
 def _quiet_stdout() -> None:

@@ -159,19 +159,37 @@ def mark_owned(path: str | os.PathLike, *, kind: str = "output") -> Path:
 def is_owned(path: str | os.PathLike) -> bool:
     """Say whether ``path`` is an output neurocnn wrote (and, for a file, left unchanged).
 
-    A folder is ours if it holds the marker :data:`OWNER_MARKER` with an
-    ``owned_folder`` entry; a file if its parent's marker lists it with the sha256 it
-    has now. Missing paths are not owned.
+    A folder is ours if neurocnn made it (marker :data:`OWNER_MARKER`) and everything in
+    it is a neurocnn output (a file of yours put there makes the folder yours too); a
+    zarr store if its root attrs carry the marker; a file if its parent's marker lists it
+    with the sha256 it has now. Missing paths are not owned.
     """
     path = Path(path)
     if path.is_dir() and _is_zarr(path):
         return _zarr_owned(path)
     if path.is_dir():
-        return bool(_read_marker(path).get("owned_folder"))
+        return _folder_owned(path)
     if not path.is_file():
         return False
     entry = _read_marker(path.parent).get("files", {}).get(path.name)
     return isinstance(entry, dict) and entry.get("sha256") == _file_sha256(path)
+
+
+def _folder_owned(path: Path) -> bool:
+    """A folder neurocnn made that holds nothing but neurocnn outputs (so it may be replaced)."""
+    data = _read_marker(path)
+    if not data.get("owned_folder"):
+        return False
+    files = data.get("files", {})
+    for entry in path.iterdir():
+        if entry.name.startswith((".neurocnn-", ".tmp-")):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if not is_owned(entry):
+                return False
+        elif not (isinstance(files.get(entry.name), dict) and files[entry.name].get("sha256") == _file_sha256(entry)):
+            return False
+    return True
 
 
 def _forget(path: Path) -> None:

@@ -234,7 +234,7 @@ class VirtualSubject:
         """Return preprocessed images (N, 3, H, W) of a stimulus set, array, folder or name."""
         stim = load_stimuli(stimuli)
         batch = torch.stack([self.preprocessing(stim.load(i)) for i in range(len(stim))])
-        return batch.to(device or self.device)
+        return batch.to(check_device(device) if device is not None else self.device)
 
     def _check_single_call(self, dotted: Sequence[str]) -> None:
         if self._call_counts is None:
@@ -574,6 +574,16 @@ def _hooks(subject: VirtualSubject) -> str:
     return ",".join(out)
 
 
+def _metadata_sha256(stim: StimulusSet) -> str:
+    """sha256 of the metadata coords a store keeps (edited labels must not come back stale)."""
+    h = hashlib.sha256()
+    for key in sorted(stim.metadata):
+        values = np.asarray(stim.metadata[key])
+        h.update(f"{key}:{values.dtype.str}:".encode())
+        h.update("\x1f".join(map(str, values.tolist())).encode())
+    return h.hexdigest()
+
+
 def _store_fingerprint(subject: VirtualSubject, stim: StimulusSet, names: list[str], batch_size: int) -> dict:
     """What an extraction store's content depends on: subject state, layers, input content.
 
@@ -600,6 +610,7 @@ def _store_fingerprint(subject: VirtualSubject, stim: StimulusSet, names: list[s
         "hooks": _hooks(subject),
         "stimulus_ids_sha256": ids_hash,
         "stimulus_content_sha256": stim.content_sha256(),
+        "stimulus_metadata_sha256": _metadata_sha256(stim),
         "n_stimuli": len(stim),
         "batch_size": batch_size,
     }

@@ -84,9 +84,21 @@ def test_remove_owned_refuses_user_folders(tmp_path: Path) -> None:
         io.remove_owned(folder)
     assert (folder / "notes.txt").exists()
     mine = io.make_output_dir(tmp_path / "mine")
-    (mine / "x.txt").write_text("x")
+    io.write_text(mine / "x.txt", "x")
+    io.save(_result(), mine / "sub.zarr")
     io.remove_owned(mine)
     assert not mine.exists()
+
+
+def test_a_neurocnn_folder_with_a_users_file_in_it_is_not_replaced(tmp_path: Path) -> None:
+    folder = io.make_output_dir(tmp_path / "maps.zarr")
+    io.save(_result(), folder / "a.nc")
+    assert io.is_owned(folder)
+    (folder / "my_notes.txt").write_text("mine")
+    assert not io.is_owned(folder)
+    with pytest.raises(OverwriteError):
+        io.save(_result(), folder, overwrite=True)
+    assert (folder / "my_notes.txt").read_text() == "mine"
 
 
 def test_make_output_dir_keeps_user_folders_unmarked(tmp_path: Path) -> None:

@@ -94,6 +94,15 @@ def test_condensed_and_dataarray_inputs_are_checked_too() -> None:
         rsa.compare_rdms([["a", "b", "c"]] * 3, r)
 
 
+def test_duplicate_ids_and_complex_values_are_refused() -> None:
+    r = rsa.compute_rdm(np.random.default_rng(0).normal(size=(4, 8)), stimulus_ids=list("abcd"))
+    dup = r.assign_coords(stimulus=list("abca"), stimulus2=list("abca"))
+    with pytest.raises(ShapeMismatchError, match="unique"):
+        rsa.compare_rdms(dup, r)
+    with pytest.raises(ShapeMismatchError, match="complex"):
+        rsa.compare_rdms(r.values + 0j, r)
+
+
 def test_valid_rdms_still_compare_and_tiny_numeric_diagonals_pass() -> None:
     a = _rdm()
     a[np.diag_indices(6)] = 1e-12

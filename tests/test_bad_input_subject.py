@@ -203,6 +203,18 @@ def test_store_is_not_reused_under_a_lesion_or_edited_weights(tmp_path: Path) ->
         _subject().activations(_images(seed=5), "relu", store=store, progress=False)
 
 
+def test_store_is_not_reused_with_edited_metadata(tmp_path: Path) -> None:
+    from neurocnn.stimuli import StimulusSet
+
+    subject = _subject()
+    store = tmp_path / "s.zarr"
+    subject.activations(StimulusSet(_images(), metadata={"category": list("aabb")}), "conv", store=store,
+                        progress=False)
+    with pytest.raises(OverwriteError, match="stimulus_metadata_sha256"):
+        subject.activations(StimulusSet(_images(), metadata={"category": list("abab")}), "conv", store=store,
+                            progress=False)
+
+
 def test_store_overwrite_never_deletes_a_users_folder(tmp_path: Path) -> None:
     folder = tmp_path / "results"
     folder.mkdir()

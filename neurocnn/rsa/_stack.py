@@ -143,7 +143,10 @@ def _stack_dataarray(da: xr.DataArray, what: str) -> _Stack:
         da = da.transpose(*lead, "stimulus", "stimulus2")
         ids = np.asarray(da["stimulus"].values).astype(str) if "stimulus" in da.coords else None
         ids2 = np.asarray(da["stimulus2"].values).astype(str) if "stimulus2" in da.coords else None
-        mats = np.asarray(da.values, dtype=np.float64)
+        if ids is not None and len(set(ids.tolist())) != len(ids):
+            dup = sorted({i for i in ids.tolist() if (ids == i).sum() > 1})
+            raise ShapeMismatchError(f"{what}: stimulus ids must be unique; repeated: {dup[:5]}.")
+        mats = _float_array(da.values, what)
         if ids is not None and ids2 is not None and not np.array_equal(ids, ids2):
             order = _permutation(ids2, ids, what)
             mats = mats[..., order]
@@ -210,6 +213,8 @@ def _as_stack(x: Any, what: str) -> _Stack:
 
 def _float_array(x: Any, what: str) -> np.ndarray:
     """``x`` as a float64 array, or a ShapeMismatchError naming what was given."""
+    if np.iscomplexobj(x):
+        raise ShapeMismatchError(f"{what} is complex; RDMs hold real dissimilarities.")
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as err:
