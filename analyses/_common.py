@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -50,9 +49,15 @@ def make_subject(args: argparse.Namespace) -> VirtualSubject:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
-    """Create and return the output folder."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    return args.out
+    """Create (and mark as neurocnn's) and return the output folder.
+
+    Files in it are written atomically and only replaced with ``--overwrite`` when
+    neurocnn wrote them (see :func:`neurocnn.io.check_writable`); a user's files in an
+    existing folder are never touched.
+    """
+    from neurocnn import io
+
+    return io.make_output_dir(args.out, kind=f"analysis output ({Path(__file__).stem})")
 
 
 # ------------------------------------------------------------------ headline values
@@ -143,8 +148,5 @@ def write_headline(out: Path, headline: Callable[[Path], dict[str, str]]) -> Pat
     except KeyError as err:
         raise AnalysisFailedError(f"The results of analysis {out.name!r} in {out} lack {err}; "
                                   f"re-run analyses/{out.name}.py with this version of neurocnn.") from err
-    path = out / HEADLINE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"analysis": out.name, "values": values}, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps({"analysis": out.name, "values": values}, indent=1, ensure_ascii=False) + "\n"
+    return nio.write_text(out / HEADLINE, text, overwrite=True, kind="headline values")

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.ndimage
 import xarray as xr
 
-from ._clusters import CORRECTIONS, _P_VAR, _Grid, _structure
+from ._clusters import _P_VAR, CORRECTIONS, _Grid, _structure
 from ._validation import check_fraction, check_option
 from .exceptions import InvalidDataError, ShapeMismatchError
 

@@ -12,7 +12,7 @@ import scipy.ndimage
 import scipy.stats
 import xarray as xr
 
-from ._validation import check_fraction, check_option, check_positive_int
+from ._validation import check_fraction, check_option, check_positive_int, numpy_rng
 from ._version import version
 from .exceptions import InvalidDataError, ShapeMismatchError
 
@@ -307,7 +307,7 @@ def _sign_flip_chunks(X: np.ndarray, signs: np.ndarray, stat: str, per_chunk: in
 
 
 def _flip_signs(n_subjects: int, n_permutations: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     return rng.choice(np.array([-1.0, 1.0]), size=(n_permutations, n_subjects))
 
 

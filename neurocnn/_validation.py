@@ -13,6 +13,102 @@ from .exceptions import IndexOutOfRangeError, InvalidDataError, UnknownNameError
 __all__: list[str] = []
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays turned into Python objects (for messages).
+
+    ``np.int64(1)`` -> ``1``, ``np.str_('s0')`` -> ``'s0'``, arrays -> lists, recursively
+    inside lists, tuples and dicts, so no message shows a numpy repr.
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def show(value: Any) -> str:
+    """``repr`` of ``value`` without numpy reprs (see :func:`plain`)."""
+    return repr(plain(value))
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """Return ``seed`` as a Python int if it is a non-negative integer; raise otherwise.
+
+    ``None`` is refused (it would make results irreproducible): every neurocnn function
+    that draws random numbers needs an explicit integer seed.
+
+    Raises
+    ------
+    InvalidDataError
+        ``seed`` is None, not an integer, or negative.
+    """
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
+        why = " (None would make the result irreproducible)" if seed is None else ""
+        raise InvalidDataError(
+            f"{name} must be a non-negative integer{why}, got {show(seed)} of type "
+            f"{type(seed).__name__}. Pass e.g. {name}=0 and record it."
+        )
+    return int(seed)
+
+
+def check_device(device: Any) -> Any:
+    """Return ``device`` as a ``torch.device`` that exists on this machine.
+
+    Raises
+    ------
+    UnknownNameError
+        Not a device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...).
+    DeviceError
+        A CUDA/MPS device on a machine without one (the message says what there is).
+    """
+    import torch
+
+    from .exceptions import DeviceError
+
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        try:
+            dev = torch.device(plain(device))
+        except (RuntimeError, TypeError, ValueError):
+            raise UnknownNameError(
+                f"Unknown device {show(device)}. Valid: 'cpu', 'cuda', 'cuda:<index>', 'mps'."
+            ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {str(dev)!r} was requested but CUDA is not available on this machine "
+                "(no NVIDIA GPU, driver, or a CPU-only torch build). Use device='cpu' "
+                "(CLI: --device cpu)."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {str(dev)!r} was requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ... cuda:"
+                f"{torch.cuda.device_count() - 1}). Choose one of them."
+            )
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError("device 'mps' was requested but Apple MPS is not available here. Use device='cpu'.")
+    return dev
+
+
+def numpy_rng(seed: Any, name: str = "seed") -> np.random.Generator:
+    """``numpy.random.default_rng`` of a checked seed (see :func:`check_seed`)."""
+    return np.random.default_rng(check_seed(seed, name))
+
+
+def torch_generator(seed: Any, device: Any = None, name: str = "seed") -> Any:
+    """A seeded ``torch.Generator`` (on ``device``) of a checked seed (see :func:`check_seed`)."""
+    import torch
+
+    gen = torch.Generator() if device is None else torch.Generator(device=device)
+    return gen.manual_seed(check_seed(seed, name))
+
+
 def check_option(kind: str, value: Any, valid: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``valid``; otherwise raise with the closest match.
 
@@ -31,10 +127,11 @@ def check_option(kind: str, value: Any, valid: Iterable[str]) -> str:
         If ``value`` is not in ``valid``. The message lists the valid names and the
         closest match.
     """
-    valid = list(valid)
+    valid = [plain(v) for v in valid]
+    value = plain(value)
     if isinstance(value, str) and value in valid:
         return value
-    close = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     shown = ", ".join(repr(v) for v in valid[:60])
     if len(valid) > 60:
@@ -44,7 +141,10 @@ def check_option(kind: str, value: Any, valid: Iterable[str]) -> str:
 
 def check_fraction(name: str, value: float) -> float:
     """Return ``value`` as float if it lies in [0, 1]; raise ``InvalidDataError`` otherwise."""
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidDataError(f"{name} must be a fraction in [0, 1], got {show(value)}.") from None
     if not np.isfinite(value) or not 0.0 <= value <= 1.0:
         raise InvalidDataError(f"{name} must be a fraction in [0, 1], got {value}.")
     return value
@@ -53,7 +153,7 @@ def check_fraction(name: str, value: float) -> float:
 def check_positive_int(name: str, value: Any) -> int:
     """Return ``value`` as int if it is a positive integer; raise ``InvalidDataError`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidDataError(f"{name} must be a positive integer, got {value!r}.")
+        raise InvalidDataError(f"{name} must be a positive integer, got {show(value)}.")
     return int(value)
 
 

@@ -38,7 +38,12 @@ import xarray as xr
 from torch import nn
 
 from ._validation import check_index, check_option, check_positive_int
-from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
+from .exceptions import (
+    InvalidDataError,
+    ShapeMismatchError,
+    StimulusError,
+    UnknownNameError,
+)
 from .stimuli import StimulusSet, load_stimuli
 from .subject import VirtualSubject
 

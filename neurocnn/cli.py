@@ -42,8 +42,12 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from . import io
     from .subject import VirtualSubject
 
+    _check_common(args)
+    if args.out.exists() and args.overwrite and not io.is_owned(args.out):
+        io.check_writable(args.out, overwrite=True)  # a user's folder: refused, never deleted
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     layers = args.layers or None
     subject.activations(
@@ -55,6 +59,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_rsa(args: argparse.Namespace) -> int:
+    from ._validation import check_positive_int, check_seed
+
+    # everything is checked before the heavy imports and before the network is loaded
+    check_positive_int("--n-bootstrap", args.n_bootstrap)
+    check_seed(args.seed, "--seed")
+    _check_common(args)
     from .experiments import run_layers_vs_hit
     from .subject import VirtualSubject
 
@@ -95,9 +105,11 @@ def _cmd_maximize(args: argparse.Namespace) -> int:
     from .subject import VirtualSubject
     from .visualization import maximize_activation, plot_images
 
+    _check_common(args)
     out = Path(args.out)
     for path in (out.with_suffix(".nc"), out.with_suffix(".png")):
         io.check_writable(path, overwrite=args.overwrite)
+    _check_common(args)
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     result = maximize_activation(
         subject, args.layer, args.channel, class_name=args.class_name, minimize=args.minimize,
@@ -119,6 +131,8 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     from .subject import VirtualSubject
 
     out = Path(args.out)
+    _check_common(args)
+    io.output_format(out)
     io.check_writable(out, overwrite=args.overwrite)
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     target = {"class_name": args.class_name} if args.class_name else {"layer": args.layer, "channel": args.channel}
@@ -158,6 +172,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from .plotting import save_figure
     from .subject import VirtualSubject
 
+    _check_common(args)
     out = Path(args.out)
     for path in (out.with_suffix(".nc"), out.with_suffix(".png")):
         io.check_writable(path, overwrite=args.overwrite)
@@ -224,6 +239,7 @@ def _cmd_analysis(args: argparse.Namespace) -> int:
 
 
 def _cmd_paper(args: argparse.Namespace) -> int:
+    _check_common(args)
     argv = ["--out", str(args.out), "--seed", str(args.seed)]
     argv += ["--quick"] * args.quick + ["--skip-analyses"] * args.skip_analyses + ["--benchmarks"] * args.benchmarks
     argv += ["--only", *args.only] if args.only else []
@@ -235,11 +251,17 @@ def _cmd_dissect(args: argparse.Namespace) -> int:
 
     from . import io
     from .concepts import concepts_from_stimuli, labelled_stimuli, load_broden
-    from .dissection import annotate_units, detector_summary, dissect, plot_detector_counts
+    from .dissection import (
+        annotate_units,
+        detector_summary,
+        dissect,
+        plot_detector_counts,
+    )
     from .plotting import save_figure
     from .stimuli import list_stimulus_sets
     from .subject import VirtualSubject
 
+    _check_common(args)
     out = Path(args.out)
     subject = VirtualSubject(args.model, weights=args.weights, device=args.device)
     layers = args.layers or subject.default_layers
@@ -258,7 +280,7 @@ def _cmd_dissect(args: argparse.Namespace) -> int:
         size = (args.size, args.size) if args.size else None
         results = {layer: dissect(subject, probe, layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
                                   size=size, batch_size=args.batch_size, progress=progress) for layer in layers}
-    out.mkdir(parents=True, exist_ok=True)
+    io.make_output_dir(out, kind="dissection output")
     for layer, path in zip(layers, paths):
         io.save(results[layer], path, overwrite=args.overwrite)
     summary = detector_summary(results)
@@ -271,6 +293,23 @@ def _cmd_dissect(args: argparse.Namespace) -> int:
         sys.stdout.write(f"  {layer:10s} {int(row.n_detectors.sum()):5d} / {int(row.n_units):5d} detectors  {parts}\n")
     sys.stdout.write(f"wrote {len(layers)} netCDF files and {paths[-1]}\n")
     return 0
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """Checks every command shares, before any expensive work: device, batch size, --out."""
+    from . import io
+    from ._validation import check_device, check_positive_int
+
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+    if getattr(args, "batch_size", None) is not None:
+        check_positive_int("--batch-size", args.batch_size)
+    out = getattr(args, "out", None)
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir() and args.command in ("rsa", "demo", "paper"):
+            io.make_output_dir(out)  # raises: a file where a folder is wanted
+        io.check_location(out / "x" if out.is_dir() else out)
 
 
 def _add_subject_args(parser: argparse.ArgumentParser, default_model: str = "efficientnet_lite0") -> None:
@@ -424,15 +463,53 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``neurocnn`` command line; returns the exit status."""
-    from .exceptions import NeurocnnError
+    """Run the ``neurocnn`` command line; returns the exit status.
+
+    Every error a user can cause (all of :mod:`neurocnn.exceptions`, and OS errors such
+    as a non-writable ``--out``, translated by :class:`~neurocnn.exceptions.foreign_errors`)
+    is printed as one line ``neurocnn <command>: error: ...`` with exit status 2, without
+    a traceback (``-v`` shows it). A closed output pipe (``neurocnn models | head``) ends
+    the command quietly.
+    """
+    from .exceptions import NeurocnnError, foreign_errors
 
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         for source in args.imports:
             _import_models(source)
-        return _COMMANDS[args.command](args)
+        with foreign_errors(f"neurocnn {args.command}", (OSError,)):
+            code = _COMMANDS[args.command](args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
     except NeurocnnError as err:
-        sys.stderr.write(f"neurocnn {args.command}: error: {err}\n")
+        if args.verbose:
+            logger.exception("neurocnn %s failed", args.command)
+        message = " ".join(str(err).split())
+        sys.stderr.write(f"neurocnn {args.command}: error: {message}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"neurocnn {args.command}: interrupted (outputs written so far are complete; "
+                         "extraction stores resume when run again)\n")
+        return 130
+    except Exception as err:  # noqa: BLE001 - a bug, not the user's fault: one line, -v for details
+        if args.verbose:
+            raise
+        message = " ".join(str(err).split())[:500]
+        sys.stderr.write(f"neurocnn {args.command}: unexpected error: {type(err).__name__}: {message} "
+                         "(a bug in neurocnn: please report it; -v shows the traceback)\n")
+        return 1
+
+
+def _quiet_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush stays silent."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

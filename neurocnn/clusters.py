@@ -35,16 +35,41 @@ import scipy.ndimage
 import scipy.stats
 import xarray as xr
 
-from ._validation import check_fraction, check_option, check_positive_int
+from ._clusters import (  # noqa: F401  (kernels shared with the time-resolved RSA)
+    _CHUNK_ELEMENTS,
+    _STATISTICS,
+    CORRECTIONS,
+    _check_cluster_p,
+    _check_corrections,
+    _check_group_args,
+    _check_tfce_params,
+    _chunks,
+    _clusters,
+    _common_attrs,
+    _flip_signs,
+    _gather_result,
+    _Grid,
+    _group_threshold,
+    _infer,
+    _max_per_map,
+    _pooled_threshold,
+    _sign_flip_chunks,
+    _stack_structure,
+    _structure,
+    _tfce_stack,
+    _to_dataset,
+    _volume_attrs,
+    _volume_coords,
+)
+from ._clusters import (
+    DEFAULT_CORRECTIONS as _DEFAULT_CORRECTIONS,
+)
+from ._clusters import (
+    group_maps as _group_maps,
+)
+from ._validation import check_fraction, check_option, check_positive_int, check_seed
 from ._version import version
 from .exceptions import ShapeMismatchError
-from ._clusters import (  # noqa: F401  (kernels shared with the time-resolved RSA)
-    CORRECTIONS, DEFAULT_CORRECTIONS as _DEFAULT_CORRECTIONS, _CHUNK_ELEMENTS, _Grid, _STATISTICS,
-    _check_cluster_p, _check_corrections, _check_group_args, _check_tfce_params, _chunks,
-    _common_attrs, _flip_signs, _gather_result, _group_threshold, _infer, _pooled_threshold,
-    _sign_flip_chunks, _stack_structure, _structure, _tfce_stack, _to_dataset, _volume_attrs,
-    _volume_coords, _clusters, _max_per_map, group_maps as _group_maps,
-)
 
 __all__ = [
     "CORRECTIONS",
@@ -622,7 +647,7 @@ def latency(
                              cluster_p=cluster_p, corrections=("cluster_mass",), seed=seed, progress=progress)
     arr, layers, t, _ = _curves(curves, times)
     S, T = arr.shape[0], arr.shape[-1]
-    rng = np.random.default_rng([seed, 1])
+    rng = np.random.default_rng([check_seed(seed), 1])
     idx = rng.integers(0, S, (n_bootstrap, S))
     per_flip = max(1, _CHUNK_ELEMENTS // T)
     out = {k: [] for k in ("onset", "onset_ci_low", "onset_ci_high", "peak", "peak_ci_low", "peak_ci_high",

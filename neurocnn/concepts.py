@@ -36,7 +36,12 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from .exceptions import InvalidDataError, MissingFileError, ShapeMismatchError, StimulusError
+from .exceptions import (
+    InvalidDataError,
+    MissingFileError,
+    ShapeMismatchError,
+    StimulusError,
+)
 from .models import Preprocessing
 from .stimuli import IMAGE_EXTENSIONS, StimulusSet, load_stimuli
 

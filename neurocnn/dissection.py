@@ -37,11 +37,11 @@ import torch.nn.functional as F
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ._validation import check_fraction, check_option, check_positive_int
+from ._validation import check_fraction, check_option, check_positive_int, numpy_rng
 from ._version import version
 from .concepts import ConceptProbe, concepts_from_stimuli
-from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError
 from .datasets import FLOC_DOMAINS
+from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError
 from .stimuli import StimulusSet, load_stimuli
 from .subject import VirtualSubject
 
@@ -354,7 +354,7 @@ def _label_groups(stim: StimulusSet, names: list[str], source: str, groups: str 
 def _annotate(resp: np.ndarray, matrix: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
     n, n_units = resp.shape
     # ties (saturating units such as ReLU6) are broken at random, never by stimulus order
-    key = np.random.default_rng(seed).random(resp.shape)
+    key = numpy_rng(seed).random(resp.shape)
     order = np.lexsort((key, -resp), axis=0)[:k].T  # (unit, rank)
     kth = resp[order[:, -1], np.arange(n_units)]
     n_tied = np.where((resp >= kth).sum(0) > k, (resp == kth).sum(0), 0)

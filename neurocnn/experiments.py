@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from . import datasets, io, rsa
+from ._validation import check_option, check_positive_int, check_seed
 from .plotting import save_figure
 from .subject import VirtualSubject, version
 
@@ -78,7 +79,17 @@ def layers_vs_brain(
         ``ci_low``, ``ci_high``, ``noise_ceiling``, ``p_layer_vs_lower_ceiling``,
         ``p_layer_vs_layer``, ...). attrs: provenance of the network and the analysis.
     """
+    # everything checked before the (expensive) extraction
+    check_positive_int("n_bootstrap", n_bootstrap)
+    check_positive_int("batch_size", batch_size)
+    check_seed(seed)
+    check_option("over", over, ("stimuli", "subjects", "both"))
+    check_option("metric", metric, rsa.METRICS)
+    for method in methods:
+        check_option("method", method, rsa.COMPARE_METHODS)
     layers = list(layers or subject.default_layers)
+    for layer in layers:
+        subject.resolve_layer(layer)
     acts = subject.activations(stimuli, layers, batch_size=batch_size, progress=progress)
     layer_rdms = rsa.compute_rdm(acts, metric=metric)
     if brain_rdms is None:
@@ -202,7 +213,9 @@ def run_layers_vs_hit(
     """
     import matplotlib.pyplot as plt
 
-    out = Path(out)
+    check_positive_int("n_bootstrap", n_bootstrap)
+    check_seed(seed)
+    out = io.make_output_dir(out) if not Path(out).exists() else Path(out)
     paths = [out / name for name in ("layers_vs_hit.nc", "layers_vs_hit_tau_a.png", "layers_vs_hit_spearman.png", "rdms.png")]
     for path in paths:
         io.check_writable(path, overwrite=overwrite)

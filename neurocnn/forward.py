@@ -50,6 +50,7 @@ import torch.fx as fx
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._validation import check_device
 from .exceptions import InvalidDataError, UnknownNameError
 
 __all__ = [
@@ -192,7 +193,7 @@ def model_device(model: nn.Module, default: torch.device) -> torch.device:
 @contextlib.contextmanager
 def model_on(model: nn.Module, device: str | torch.device | None, home: torch.device) -> Iterator[torch.device]:
     """Context: ``model`` on ``device`` (``home`` if None), moved back to ``home`` afterwards (also on error)."""
-    run = torch.device(device) if device is not None else home
+    run = check_device(device) if device is not None else home
     if run == home:
         yield run
         return

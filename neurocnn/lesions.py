@@ -32,7 +32,15 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ._validation import check_finite, check_fraction, check_option, check_positive_int
+from ._validation import (
+    check_finite,
+    check_fraction,
+    check_option,
+    check_positive_int,
+    check_seed,
+    numpy_rng,
+    torch_generator,
+)
 from .exceptions import InvalidDataError, NoSelectiveUnitsError, StimulusError
 from .models import state_dict_sha256
 from .stimuli import StimulusSet, load_stimuli
@@ -373,7 +381,7 @@ def split_localizer(
         raise InvalidDataError("fraction must lie strictly between 0 and 1 so both halves get images.")
     stim = load_stimuli(stimuli)
     labels = _labels(stim, by, [])
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     chosen = []
     for value in sorted(set(labels.tolist())):
         idx = np.flatnonzero(labels == value)
@@ -402,7 +410,7 @@ def random_units(n: int, layer_size: int, *, exclude: Any = (), seed: int = 0) -
             f"Cannot draw {n} random units from a layer of {layer_size} with {excluded.size} excluded "
             f"({pool.size} left)."
         )
-    return np.sort(np.random.default_rng(seed).choice(pool, size=n, replace=False))
+    return np.sort(numpy_rng(seed).choice(pool, size=n, replace=False))
 
 
 # ------------------------------------------------------------------ lesions
@@ -418,7 +426,7 @@ class Lesion:
     def __init__(self, subject: VirtualSubject, layer: str, seed: int = 0) -> None:
         self.subject = subject
         self.layer = subject.resolve_layer(layer)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self._active = False
 
     def attrs(self) -> dict[str, Any]:
@@ -668,7 +676,7 @@ class _SynapseKnockout(Lesion):
         }
 
     def _apply(self) -> None:
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch_generator(self.seed)
         chosen = torch.randperm(self.n_candidates, generator=generator)[: self.n_zeroed]
         mask = torch.zeros(self.n_candidates, dtype=torch.bool)
         mask[chosen] = True

@@ -20,8 +20,8 @@ agrees on 85 of the 92 images (see ``neurocnn._mobilenet``).
 
 from __future__ import annotations
 
-import importlib.metadata
 import hashlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -36,8 +36,13 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from . import datasets
-from ._validation import check_option
-from .exceptions import IntegrityError, MissingFileError, RegistrationError, UnknownNameError
+from ._validation import check_option, check_seed
+from .exceptions import (
+    IntegrityError,
+    MissingFileError,
+    RegistrationError,
+    UnknownNameError,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -669,6 +674,7 @@ def load_model(
     IntegrityError
         If the file's hash does not match the one in its name or manifest.
     """
+    seed = check_seed(seed)
     if weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -694,10 +700,21 @@ def load_model(
     read = spec.weights_loader or _torch_load
     try:
         state = read(path)
-    except Exception as err:
-        raise IntegrityError(f"Cannot read weights file {path}: {err}") from err
+    except IntegrityError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise IntegrityError(
+            f"Cannot read weights file {path}: it is not a readable weights file for {spec.name!r} "
+            f"(corrupt, truncated, or another format; {type(err).__name__}). Download or save it "
+            "again (torch.save(model.state_dict(), path)), or pass weights='pretrained'."
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise IntegrityError(
+            f"Weights file {path} holds a {type(state).__name__}, not a state dict; save weights "
+            "with torch.save(model.state_dict(), path)."
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import check_writable
+from .io import atomic_output
 
 __all__ = ["save_figure", "image_grid"]
 
@@ -15,14 +15,18 @@ __all__ = ["save_figure", "image_grid"]
 def save_figure(fig, path: str | os.PathLike, *, overwrite: bool = False, dpi: int = 150) -> Path:
     """Save a matplotlib figure (format from the extension), never overwriting unless asked.
 
+    Written under a temporary name and moved into place (an interrupted save leaves no
+    partial figure); ``overwrite`` replaces only a figure neurocnn wrote.
+
     Raises
     ------
     OverwriteError
-        If ``path`` exists and ``overwrite`` is False.
+        If ``path`` exists and ``overwrite`` is False, or it is not neurocnn's.
     """
-    path = check_writable(path, overwrite=overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or None
+    with atomic_output(path, overwrite=overwrite, kind="figure") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     return path
 
 

@@ -40,7 +40,7 @@ import scipy.stats
 import torch
 import xarray as xr
 
-from ._validation import check_option, check_positive_int
+from ._validation import check_option, check_positive_int, check_seed, numpy_rng
 from ._version import version
 from .datasets import mni_brain_mask
 from .exceptions import InvalidDataError, ShapeMismatchError
@@ -599,6 +599,12 @@ def searchlight(
             "the stimulus-label permutation maps (for several subjects, the sign-flip null "
             "comes from subject_correlation, see neurocnn.clusters.group_searchlight_test)."
         )
+    seed = check_seed(seed)
+    if out is not None:  # before the whole computation, not after it
+        from .io import check_writable, output_format
+
+        output_format(out)
+        check_writable(out, overwrite=overwrite)
     B, model_ids, layers, model_attrs = _model_stack(model_rdms)
     n_stim = len(model_ids)
     if n_stim < 3:
@@ -616,7 +622,7 @@ def searchlight(
     centres = np.argwhere(usable)
     prep = _PREP.get(method)
     Bprep = None if prep is None else prep(B)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     Bperm = None
     if n_permutations and not multi:
         Bperm = _permuted_models(B, n_stim, n_permutations, rng)
@@ -810,7 +816,7 @@ def save_maps(result: xr.Dataset, out_dir: str | os.PathLike, var: str = "correl
     var : str
         Variable to write (see :func:`to_nifti`).
     overwrite : bool
-        Replace existing files.
+        Replace existing map files that neurocnn wrote (never a user's file).
 
     Returns
     -------
@@ -819,22 +825,25 @@ def save_maps(result: xr.Dataset, out_dir: str | os.PathLike, var: str = "correl
     Raises
     ------
     OverwriteError
-        A file exists and ``overwrite`` is False.
+        A file exists and ``overwrite`` is False, or it is not neurocnn's (all files are
+        checked before any is written; each is written atomically).
 
     Examples
     --------
     >>> save_maps(res, "maps")  # doctest: +SKIP
     """
-    from .io import check_writable
+    from .io import atomic_output, check_writable, make_output_dir
 
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for li, name in enumerate(result["layer"].values):
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
-        path = check_writable(out_dir / f"searchlight_{var}_{safe}.nii.gz", overwrite=overwrite)
-        to_nifti(result, li, var).to_filename(path)
-        paths.append(path)
+    names = ["".join(c if c.isalnum() or c in "-_." else "_" for c in str(n)) for n in result["layer"].values]
+    paths = [out_dir / f"searchlight_{var}_{safe}.nii.gz" for safe in names]
+    for path in paths:  # all checked before anything is written
+        check_writable(path, overwrite=overwrite)
+    make_output_dir(out_dir, kind="searchlight maps")
+    for li, path in enumerate(paths):
+        image = to_nifti(result, li, var)
+        with atomic_output(path, overwrite=overwrite, kind="nifti") as tmp:
+            image.to_filename(tmp)
     return paths
 
 
@@ -1003,7 +1012,7 @@ def simulate_volume(
     """
     B, ids, layers, _ = _model_stack(layer_rdms)
     n = len(ids)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     mimg = mni_brain_mask() if mask is None else load_nifti(mask, "mask")
     marr = np.asarray(mimg.dataobj).reshape(mimg.shape[:3]) != 0
     affine = np.asarray(mimg.affine, dtype=np.float64)

@@ -4,13 +4,18 @@ A :class:`StimulusSet` holds stimulus ids, per-stimulus metadata (which become
 xarray coordinates on the ``stimulus`` dim of every result) and the images, loaded
 lazily from files or held as an array. Images are returned as float tensors in
 [0, 1] with shape (3, H, W); grayscale images are replicated to three channels.
+Images with transparency (RGBA, LA, palette images with a transparent colour) are
+composited onto a white background (:data:`ALPHA_BACKGROUND`), as a viewer shows
+them; the alpha channel is never just dropped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,16 +26,18 @@ import xarray as xr
 from PIL import Image, UnidentifiedImageError
 
 from ._validation import check_option, default_ids
-from .exceptions import ShapeMismatchError, StimulusError
+from .exceptions import ShapeMismatchError, StimulusError, foreign_errors
 
 __all__ = [
     "StimulusSet", "load_stimuli", "list_stimulus_sets", "synthetic_stimuli", "IMAGE_EXTENSIONS",
-    "image_files", "natural_key",
+    "image_files", "natural_key", "ALPHA_BACKGROUND",
 ]
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
+#: RGB background (0-255) onto which transparent images are composited.
+ALPHA_BACKGROUND = (255, 255, 255)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm")
 MixedSizes = Literal["error", "allow"]
 
@@ -100,6 +107,27 @@ class StimulusSet:
 
     def __len__(self) -> int:
         return int(self.ids.size)
+
+    def content_sha256(self) -> str:
+        """sha256 of what the images are: file contents (not names or dates) or array bytes.
+
+        Used to fingerprint extraction stores, so images edited in place under the same
+        file names never return old activations. File hashes are cached per process on
+        keys that change whenever a file's content can have changed (see
+        :func:`neurocnn.datasets.sha256sum`).
+        """
+        from .datasets import sha256sum
+
+        h = hashlib.sha256()
+        if self._array is not None:
+            arr = np.ascontiguousarray(self._array.numpy())
+            h.update(f"array{arr.shape}{arr.dtype}".encode())
+            h.update(arr.tobytes())
+        else:
+            for path in self._paths:
+                with foreign_errors(f"reading image file {path}", mode="read"):
+                    h.update(sha256sum(path).encode())
+        return h.hexdigest()
 
     def __repr__(self) -> str:
         meta = ", ".join(self.metadata) or "none"
@@ -242,6 +270,19 @@ def _array_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     # Channel-last unless only channel-first fits; when both fit, numpy arrays are read
     # channel-last (image convention) and torch tensors channel-first (torch convention).
     channel_last_default = isinstance(images, np.ndarray)
+    if isinstance(images, np.ndarray) and images.dtype.kind not in "biuf":
+        raise StimulusError(
+            f"Image array has dtype {images.dtype} ({'strings' if images.dtype.kind in 'US' else 'non-numeric values'}); "
+            "pass numeric images (uint8 0-255 or float in [0, 1]), or file paths as a list of "
+            "str, not as an array."
+        )
+    if images.ndim == 4 and 4 in (images.shape[1], images.shape[-1]) and not (
+        images.shape[-1] in (1, 3) or images.shape[1] in (1, 3)
+    ):
+        raise StimulusError(
+            f"Image array has shape {tuple(images.shape)}: 4 channels (RGBA?). Composite the alpha "
+            "channel onto a background first (rgb * a + background * (1 - a)) and pass RGB."
+        )
     t = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
     if t.ndim == 3:
         t = t[:, None].expand(-1, 3, -1, -1)
@@ -269,17 +310,34 @@ def _array_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def _open(path: Path) -> Image.Image:
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with foreign_errors(f"opening image {path}", (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+                return Image.open(path)
     except FileNotFoundError as err:
         raise StimulusError(f"Image file {path} does not exist.") from err
     except (UnidentifiedImageError, OSError) as err:
         raise StimulusError(f"{path} is not a readable image file ({err}). Remove it or fix it.") from err
 
 
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB of an image; transparent pixels are composited onto :data:`ALPHA_BACKGROUND`."""
+    if not _has_alpha(im):
+        return im.convert("RGB")
+    rgba = im.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
 def _read_image(path: Path) -> torch.Tensor:
     with _open(path) as im:
         try:
-            rgb = np.asarray(im.convert("RGB"))
+            with foreign_errors(f"decoding image {path}", (Image.DecompressionBombError,)):
+                rgb = np.asarray(_to_rgb(im))
         except OSError as err:
             raise StimulusError(f"{path} is truncated or corrupt ({err}).") from err
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div(255.0)
@@ -339,6 +397,11 @@ class _SyntheticStimuli(StimulusSet):
     def check_sizes(self) -> tuple[int, int]:  # noqa: D102
         return self._size, self._size
 
+    def content_sha256(self) -> str:  # noqa: D102
+        h = hashlib.sha256(f"synthetic:{self._seed}:{self._size}".encode())
+        h.update(np.ascontiguousarray(self._index, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
     def load(self, index: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self._seed * 1_000_003 + int(self._index[index]))
         return torch.rand(3, self._size, self._size, generator=gen)
@@ -356,11 +419,11 @@ def synthetic_stimuli(n: int, *, size: int = 64, seed: int = 0) -> StimulusSet:
     For benchmarks and scale tests: any number of stimuli at no memory cost; image
     ``i`` is the same on every machine for the same ``seed``.
     """
-    from ._validation import check_positive_int
+    from ._validation import check_positive_int, check_seed
 
     check_positive_int("n", n)
     check_positive_int("size", size)
-    return _SyntheticStimuli(np.arange(n), size, seed)
+    return _SyntheticStimuli(np.arange(n), size, check_seed(seed))
 
 
 def _named_set(name: str) -> StimulusSet:
@@ -438,7 +501,21 @@ def load_stimuli(
             check_option("stimulus set or path", str(source), list(_NAMED_SETS))
     if isinstance(source, (np.ndarray, torch.Tensor)):
         return StimulusSet(source, ids=ids, metadata=metadata, name="array")
-    files = [Path(p) for p in source]  # type: ignore[union-attr]
+    try:
+        items = list(source)  # type: ignore[arg-type]
+    except TypeError:
+        raise StimulusError(
+            f"Cannot load stimuli from a {type(source).__name__}; give a stimulus set name "
+            f"({', '.join(_NAMED_SETS)}), a folder, a list of image files or an image array."
+        ) from None
+    odd = [p for p in items if not isinstance(p, (str, os.PathLike))]
+    if odd or not items:
+        raise StimulusError(
+            f"A list of stimuli must hold image file paths (str or Path); got "
+            f"{'an empty list' if not items else type(odd[0]).__name__ + ' ' + repr(odd[0])[:60]}. "
+            "Pass an image array as one numpy array (N, H, W[, 3]), not a list."
+        )
+    files = [Path(p) for p in items]
     for p in files:
         _open(p).close()
     stim = StimulusSet(files, ids=ids, metadata=metadata, name="files")

@@ -9,9 +9,9 @@ overwrite the stored pre-ReLU values). Results are xarray objects with provenanc
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,11 +23,23 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import check_option, check_positive_int
+from ._validation import check_device, check_option, check_positive_int
 from ._version import version
-from .exceptions import InvalidDataError, OverwriteError, ShapeMismatchError, UnknownNameError
+from .exceptions import (
+    InvalidDataError,
+    OverwriteError,
+    ShapeMismatchError,
+    UnknownNameError,
+)
 from .forward import LayerForward, model_on, thread_policy
-from .models import ModelSpec, Preprocessing, get_spec, load_model, spec_from_module, state_dict_sha256
+from .models import (
+    ModelSpec,
+    Preprocessing,
+    get_spec,
+    load_model,
+    spec_from_module,
+    state_dict_sha256,
+)
 from .scale import map_tasks
 from .stimuli import StimulusSet, load_stimuli
 
@@ -103,7 +115,7 @@ class VirtualSubject:
             spec = replace(spec, **overrides) if overrides else spec
             self.model, self.weights_id = load_model(spec, weights, seed=seed)
         self.spec: ModelSpec = spec
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.model.to(self.device)
         self._modules = dict(self.model.named_modules())
         del self._modules[""]
@@ -255,7 +267,7 @@ class VirtualSubject:
         """Return preprocessed images (N, 3, H, W) of a stimulus set, array, folder or name."""
         stim = load_stimuli(stimuli)
         batch = torch.stack([self.preprocessing(stim.load(i)) for i in range(len(stim))])
-        return batch.to(device or self.device)
+        return batch.to(check_device(device) if device is not None else self.device)
 
     def forward_output(self, images: torch.Tensor) -> torch.Tensor:
         """Run preprocessed ``images`` through the whole network; return its output."""
@@ -351,7 +363,7 @@ class VirtualSubject:
             raise UnknownNameError(f"Layers {names} name the same module twice.")
         check_positive_int("batch_size", batch_size)
         stim = load_stimuli(stimuli)
-        run_device = torch.device(device) if device is not None else self.device
+        run_device = check_device(device) if device is not None else self.device
         disk = _Store(Path(store), self, stim, names, batch_size, overwrite) if store is not None else None
         done = disk.done() if disk is not None else np.zeros(len(stim), dtype=bool)
         starts = [s for s in range(0, len(stim), batch_size) if not done[s : s + batch_size].all()]
@@ -462,37 +474,32 @@ class _Store:
                  batch_size: int, overwrite: bool) -> None:
         import zarr
 
+        from . import io
+
         self.path, self.n, self.batch_size = path, len(stim), batch_size
-        ids_hash = hashlib.sha256("\n".join(stim.ids.tolist()).encode()).hexdigest()
-        self.fingerprint = {
-            "model": subject.name,
-            "weights_sha256": subject.weights_id,
-            "preprocessing": subject.preprocessing.describe(),
-            "layers": ",".join(f"{n}={subject.resolve_layer(n)}" for n in names),
-            "stimulus_ids_sha256": ids_hash,
-            "n_stimuli": self.n,
-            "batch_size": batch_size,
-        }
-        if path.exists() and overwrite:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if path.exists():
+        self.fingerprint = _store_fingerprint(subject, stim, names, batch_size)
+        if path.exists() and not overwrite:
             try:
                 found = dict(zarr.open_group(str(path), mode="r").attrs).get("neurocnn_extraction")
             except Exception:  # noqa: BLE001 - anything unreadable is "not our store"
                 found = None
             if found != self.fingerprint:
                 diff = "not a neurocnn extraction store" if not isinstance(found, dict) else "; ".join(
-                    f"{k}: {found.get(k)!r} there, {v!r} now" for k, v in self.fingerprint.items() if found.get(k) != v
+                    f"{k}: {_short(found.get(k))} there, {_short(v)} now"
+                    for k, v in self.fingerprint.items() if found.get(k) != v
                 )
                 raise OverwriteError(
                     f"{path} exists and holds a different extraction ({diff}), so it was not resumed "
-                    "or touched. Choose another path, or pass overwrite=True to replace it."
+                    "or touched. Choose another path, or pass overwrite=True to replace it (only a "
+                    "store neurocnn wrote is ever replaced)."
                 )
-            self.root = zarr.open_group(str(path), mode="a", zarr_format=2)
         else:
-            self.root = zarr.open_group(str(path), mode="w", zarr_format=2)
-            self.root.attrs["neurocnn_extraction"] = self.fingerprint
-            self.root.create_array("done", shape=(self.n,), chunks=(batch_size,), dtype="i1", fill_value=0)
+            # built under a hidden name and moved into place: a kill leaves no half-made store
+            with io.atomic_output(path, overwrite=overwrite, kind="extraction store") as tmp:
+                root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+                root.attrs["neurocnn_extraction"] = self.fingerprint
+                root.create_array("done", shape=(self.n,), chunks=(batch_size,), dtype="i1", fill_value=0)
+        self.root = zarr.open_group(str(path), mode="a", zarr_format=2)
 
     def done(self) -> np.ndarray:
         return np.asarray(self.root["done"][:]).astype(bool)
@@ -502,7 +509,18 @@ class _Store:
 
     def create_group(self, name: str, dims: tuple[str, ...], shape: tuple[int, ...], coords: dict, attrs: dict) -> None:
         if name in self.root:
-            return
+            try:  # complete (a kill while creating it leaves it without its array)
+                array = self.root[f"{name}/activation"]
+                if tuple(array.shape) == (self.n, *shape):
+                    return
+            except (KeyError, ValueError, OSError):
+                pass
+            done = self.done()
+            if done.any():
+                raise OverwriteError(
+                    f"{self.path}: group {name!r} is damaged although {int(done.sum())} stimuli are "
+                    "marked done; pass overwrite=True to start the extraction again."
+                )
         import dask.array as da
 
         data = da.zeros((self.n, *shape), chunks=(self.batch_size, *shape), dtype=np.float32)
@@ -511,6 +529,79 @@ class _Store:
 
     def read(self, name: str) -> xr.DataArray:
         return xr.open_zarr(self.path, group=name, consolidated=False)["activation"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _weights_sha256_now(subject: VirtualSubject) -> str:
+    """sha256 of the subject's current parameters and buffers (in-place edits included).
+
+    Cached on the tensors' identities and torch version counters, which every in-place
+    change (a lesion zeroing weights, an optimizer step) increments.
+    """
+    state = subject.model.state_dict(keep_vars=True)
+    key = tuple((k, id(t), t.data_ptr(), t._version) for k, t in state.items())
+    cached = getattr(subject, "_weights_now", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    sha = state_dict_sha256(subject.model)
+    subject._weights_now = (key, sha)
+    return sha
+
+
+def _hooks(subject: VirtualSubject) -> str:
+    """Modules with forward hooks (lesions and user hooks change what a layer outputs)."""
+    out = []
+    for name, module in subject._modules.items():
+        n_hooks = len(module._forward_hooks) + len(module._forward_pre_hooks)
+        if n_hooks:
+            out.append(f"{name}:{n_hooks}")
+    return ",".join(out)
+
+
+def _metadata_sha256(stim: StimulusSet) -> str:
+    """sha256 of the metadata coords a store keeps (edited labels must not come back stale)."""
+    h = hashlib.sha256()
+    for key in sorted(stim.metadata):
+        values = np.asarray(stim.metadata[key])
+        h.update(f"{key}:{values.dtype.str}:".encode())
+        h.update("\x1f".join(map(str, values.tolist())).encode())
+    return h.hexdigest()
+
+
+def _store_fingerprint(subject: VirtualSubject, stim: StimulusSet, names: list[str], batch_size: int) -> dict:
+    """What an extraction store's content depends on: subject state, layers, input content.
+
+    From :meth:`VirtualSubject.provenance` of every layer (model, weights, preprocessing and
+    whatever state it reports, e.g. active lesions), the current weights' sha256 (lesions
+    that edit weights in place), the forward hooks, active lesions, and the stimuli's ids
+    and content (file sha256s, or the array's bytes), so edited images, a lesion or a
+    different network never reuse old activations.
+    """
+    from . import lesions
+
+    ids_hash = hashlib.sha256("\n".join(stim.ids.tolist()).encode()).hexdigest()
+    prov = {n: {k: v for k, v in subject.provenance(n).items() if k != "neurocnn_version"} for n in names}
+    prov_hash = hashlib.sha256(json.dumps(prov, sort_keys=True, default=str).encode()).hexdigest()
+    active = [lesion.attrs() for lesion in lesions.active_lesions(subject)]
+    return {
+        "model": subject.name,
+        "weights_sha256": subject.weights_id,
+        "weights_sha256_now": _weights_sha256_now(subject),
+        "preprocessing": subject.preprocessing.describe(),
+        "layers": ",".join(f"{n}={subject.resolve_layer(n)}" for n in names),
+        "provenance_sha256": prov_hash,
+        "lesions": json.dumps(active, sort_keys=True, default=str),
+        "hooks": _hooks(subject),
+        "stimulus_ids_sha256": ids_hash,
+        "stimulus_content_sha256": stim.content_sha256(),
+        "stimulus_metadata_sha256": _metadata_sha256(stim),
+        "n_stimuli": len(stim),
+        "batch_size": batch_size,
+    }
 
 
 def _write_region(path: Path, group: str, start: int, values: np.ndarray) -> None:

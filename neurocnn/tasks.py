@@ -35,11 +35,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from ._validation import check_fraction, check_option, check_positive_int
+from ._validation import check_fraction, check_option, check_positive_int, numpy_rng
 from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError
 from .forward import CachedOutputs as _Engine
 from .forward import pool_features as _pool  # noqa: F401 - the pooling of readout features
-from .lesions import Lesion, active_lesions, knockout, layer_size, random_units, synapse_knockout
+from .lesions import (
+    Lesion,
+    active_lesions,
+    knockout,
+    layer_size,
+    random_units,
+    synapse_knockout,
+)
 from .stimuli import StimulusSet, load_stimuli
 from .subject import VirtualSubject
 
@@ -192,7 +199,7 @@ def make_pair_task(
     test_fraction = check_fraction("test_fraction", test_fraction)
     min_scale = check_fraction("min_scale", min_scale)
     check_positive_int("view_size", view_size)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     masks = {c: _category_mask(stim, c) for c in categories}
     used = np.flatnonzero(np.any(list(masks.values()), axis=0))
     sub = stim.subset(used)
@@ -435,7 +442,7 @@ def evaluate(
     b = np.searchsorted(readout._test_views, test["view_b"].values)
     pred = readout.classifier.predict(_pair_features(f, a, b))
     correct = (pred == test["same"].values).astype(np.int64)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     cats = task.categories
     category = test["category"].values
     acc, lo, hi, n = [], [], [], []
@@ -522,7 +529,7 @@ def interaction_test(
         raise ShapeMismatchError(f"The interaction test needs exactly 2 pair categories, got {cats}.")
     n_perm, n_boot = check_positive_int("n_perm", n_perm), check_positive_int("n_boot", n_boot)
     ci = check_fraction("ci", ci)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     d = (b["correct"].values - a["correct"].values).astype(np.float64)
     is1 = a["pair_category"].values == cats[0]
     dod = d[is1].mean() - d[~is1].mean()

@@ -34,13 +34,24 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import check_finite, check_option, check_positive_int
-from .attribution import OBJECTIVES, Target, as_stimuli, resolve_target
-from .exceptions import InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
 from ._image_param import ImageParam as _ImageParam
 from ._image_param import jitter as _jitter
 from ._image_param import shift as _shift
 from ._image_param import total_variation as _total_variation
+from ._validation import (
+    check_device,
+    check_finite,
+    check_option,
+    check_positive_int,
+    torch_generator,
+)
+from .attribution import OBJECTIVES, Target, as_stimuli, resolve_target
+from .exceptions import (
+    InvalidDataError,
+    ShapeMismatchError,
+    StimulusError,
+    UnknownNameError,
+)
 from .forward import model_on
 from .plotting import image_grid
 from .stimuli import load_stimuli
@@ -421,7 +432,7 @@ def _check_nonnegative(name: str, value: float) -> float:
 
 
 def _on_device(subject: VirtualSubject, device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else subject.device
+    return check_device(device) if device is not None else subject.device
 
 
 def _value(subject: VirtualSubject, target: Target, img: torch.Tensor) -> torch.Tensor:
@@ -595,7 +606,7 @@ def maximize_activation(
         reduce=objective, log_softmax=softmax, allow_whole_layer=True, size=hw,
     )
     run_device = _on_device(subject, device)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_generator(seed)
     image = _ImageParam(parameterization, hw, decorrelate, generator, run_device)
     with model_on(subject.model, run_device, subject.device):
         trace, values, final_img = _ascend(subject, target, image, regs, steps=steps, lr=lr,
@@ -762,7 +773,7 @@ def deep_dream(
         raise InvalidDataError(f"octave_scale must be > 1, got {octave_scale}.")
     if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
         raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_generator(seed)
     if image is None:
         side = subject.input_size()[0]
         base = (0.5 + 0.1 * torch.randn((1, 3, side, side), generator=generator)).clamp(0, 1)

@@ -488,7 +488,7 @@ def build_paper(
     template = Path(template) if template is not None else repo / "paper" / "manuscript.md.in"
     if not template.is_file():
         raise MissingFileError(f"No manuscript template at {template}.")
-    out.mkdir(parents=True, exist_ok=True)
+    io.make_output_dir(out, kind="paper build")
     if not skip_analyses:
         run_analyses(out, repo=repo, names=only, quick=quick, seed=seed)
     if benchmarks:
@@ -496,8 +496,12 @@ def build_paper(
     text = template.read_text()
     fields = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
     text = fill_template(text, collect_values(out, fields=fields))
-    (out / "manuscript.md").write_text(text)
-    pdf = markdown_to_pdf(text, out / "manuscript.pdf", base_dir=out, title="neurocnn")
+    # both written under temporary names and moved into place: a killed build leaves no
+    # half-written manuscript (the previous one, if any, stays)
+    io.write_text(out / "manuscript.md", text, overwrite=True, kind="manuscript")
+    pdf = out / "manuscript.pdf"
+    with io.atomic_output(pdf, overwrite=True, kind="manuscript") as tmp:
+        markdown_to_pdf(text, tmp, base_dir=out, title="neurocnn")
     logger.info("wrote %s", pdf)
     return pdf
 

@@ -24,6 +24,8 @@ import importlib.util
 import json
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,13 +169,37 @@ def cache_dir() -> Path:
 
 
 def sha256sum(path: str | os.PathLike) -> str:
-    """Return the sha256 hex digest of a file (cached on path, size and mtime)."""
+    """Return the sha256 hex digest of a file's content.
+
+    Cached per process on the file's identity and change times (device, inode, size,
+    mtime, ctime), and only for files last changed more than
+    ``_RACY_SECONDS`` before they were hashed (git's "racy" rule): any later write,
+    replacement, or ``os.utime`` restoring the old mtime sets the ctime to a newer
+    value, so an edited or corrupted file is always hashed again, even within one
+    timestamp tick.
+    """
     st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _HASH_LOCK:
+        cached = _HASHES.get(key)
+    if cached is not None:
+        return cached
+    started = time.time_ns()
+    digest = _sha256_file(key[0])
+    if max(st.st_mtime_ns, st.st_ctime_ns) < started - int(_RACY_SECONDS * 1e9):
+        with _HASH_LOCK:
+            if len(_HASHES) > 8192:
+                _HASHES.clear()
+            _HASHES[key] = digest
+    return digest
 
 
-@functools.lru_cache(maxsize=4096)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+_RACY_SECONDS = 2.0
+_HASHES: dict[tuple, str] = {}
+_HASH_LOCK = threading.Lock()
+
+
+def _sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from .._validation import check_option, check_positive_int
+from .._validation import check_option, check_positive_int, numpy_rng
 from ..exceptions import ShapeMismatchError
 
 __all__ = ["fold_scores", "permutation_null", "pooled_scores", "roi_summary", "split_half_reliability"]
@@ -89,7 +89,7 @@ def split_half_reliability(repeats: Any, *, n_splits: int = 100, seed: int = 0) 
         raise ShapeMismatchError(
             f"split-half reliability needs (stimulus, repeat, target) data with at least 2 repeats; got shape {repeats.shape}."
         )
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     n_rep = repeats.shape[1]
     total = np.zeros(repeats.shape[2])
     for _ in range(n_splits):
@@ -125,7 +125,7 @@ def permutation_null(Y: np.ndarray, prediction: np.ndarray, folds: np.ndarray, *
     from tqdm.auto import tqdm
 
     n_permutations = check_positive_int("n_permutations", n_permutations)
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     zY, zP = _zscore(Y, 0), _zscore(prediction, -2)
     observed = (zY * zP).sum(axis=-2)
     exceed = np.zeros_like(observed)

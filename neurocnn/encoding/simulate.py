@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .._validation import check_positive_int
+from .._validation import check_positive_int, numpy_rng
 from .._version import version
 from ..exceptions import InvalidDataError
 from . import _kernels
@@ -58,7 +58,7 @@ def plant_responses(activations: Any, *, n_targets: int = 50, n_components: int 
     Kc, _ = _kernels.center_train(K, everyone, everyone[:1])
     values, vectors = np.linalg.eigh(Kc)
     basis = vectors[:, np.argsort(values)[::-1][:n_components]]
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     mixture = rng.standard_normal((n_components, n_targets))
     signal = basis @ (mixture / np.linalg.norm(mixture, axis=0) * np.sqrt(n))
     noise = rng.standard_normal((n, n_repeats, n_targets)) * np.sqrt(n_repeats / snr)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import torch_generator
 from ..exceptions import ShapeMismatchError
 from ..subject import VirtualSubject
 from ._geometry import _crop_box, _CropChecker, _Trace
@@ -32,7 +33,7 @@ _CHECK_RTOL = 1e-4
 
 
 def _random_patches(n: int, window: int, mean: tuple[float, ...], seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch_generator(seed)
     return torch.rand(n, 3, window, window, generator=generator)
 
 

@@ -45,11 +45,16 @@ from __future__ import annotations
 from ._kernels import COMPARE_METHODS, CompareMethod
 from .calc import METRICS, Metric, category_model_rdms, compute_rdm
 from .compare import compare_rdms
+from .fusion import (
+    fusion_to_nifti,
+    layer_time_curves,
+    meg_fmri_fusion,
+    rdm_time_generalization,
+)
 from .inference import bootstrap_rdm_comparison, noise_ceiling
 from .io import from_rsatoolbox, load_meg_rdms, load_rdms, to_rsatoolbox
-from .timecourse import meg_layer_time_correlation
 from .movie import MOVIE_METRICS, compute_rdm_movie, epochs_array, simulate_epochs
-from .fusion import fusion_to_nifti, layer_time_curves, meg_fmri_fusion, rdm_time_generalization
+from .timecourse import meg_layer_time_correlation
 
 __all__ = [
     "METRICS",

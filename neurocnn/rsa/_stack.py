@@ -56,11 +56,52 @@ def _to_square(vectors: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _from_square(mats: np.ndarray, what: str, ids: Sequence[str] | None = None) -> np.ndarray:
-    """(k, n, n) -> (k, P) after checking finiteness and symmetry."""
+_MIN_STIMULI = 3
+
+
+def _check_n(n: int, what: str) -> int:
+    """RDMs need at least 3 stimuli: with 2 there is one pair and nothing to correlate."""
+    if n < _MIN_STIMULI:
+        raise ShapeMismatchError(
+            f"{what} has {n} stimulus/stimuli ({n * (n - 1) // 2} pair(s)); comparing RDMs needs at "
+            f"least {_MIN_STIMULI} stimuli (a correlation of {max(n * (n - 1) // 2, 0)} value(s) is "
+            "meaningless). Use more stimuli."
+        )
+    return n
+
+
+def _check_diagonal(mats: np.ndarray, what: str) -> None:
+    """A dissimilarity matrix has a zero diagonal; a similarity matrix (diagonal 1) is refused."""
+    diag = np.diagonal(mats, axis1=-2, axis2=-1)
     n = mats.shape[-1]
-    if mats.shape[-2] != n:
+    off = mats[..., ~np.eye(n, dtype=bool)]
+    scale = max(float(np.abs(off).max(initial=0.0)), 1e-300)
+    bad = np.abs(diag) > max(_SYMMETRY_RTOL * scale, 1e-12)
+    if not bad.any():
+        return
+    k, i = (int(v) for v in np.argwhere(bad)[0]) if diag.ndim == 2 else (0, int(np.flatnonzero(bad)[0]))
+    d = diag.reshape(-1, n)[k]
+    where = f" (RDM {k})" if mats.ndim == 3 and mats.shape[0] > 1 else ""
+    if np.allclose(d, d[0]) and d[0] > 0 and d[0] >= off.reshape(-1, n * (n - 1))[k].max() - 1e-12:
+        raise InvalidDataError(
+            f"{what}{where} looks like a similarity matrix, not an RDM: its diagonal is "
+            f"{float(d[0]):.6g} everywhere and no off-diagonal entry exceeds it. RDMs hold "
+            "dissimilarities with a zero diagonal: pass 1 - S for correlation similarities "
+            "(or S.max() - S), then compare."
+        )
+    raise InvalidDataError(
+        f"{what}{where} has a non-zero diagonal (entry ({i}, {i}) is {float(d[i]):.6g}); an RDM's "
+        "diagonal (each stimulus vs itself) must be 0. If the values are dissimilarities, set "
+        "the diagonal to 0 (np.fill_diagonal(D, 0)); if they are similarities, pass 1 - S."
+    )
+
+
+def _from_square(mats: np.ndarray, what: str, ids: Sequence[str] | None = None) -> np.ndarray:
+    """(k, n, n) -> (k, P) after checking finiteness, symmetry, the diagonal and size."""
+    n = mats.shape[-1]
+    if mats.ndim < 2 or mats.shape[-2] != n:
         raise ShapeMismatchError(f"{what} must be square, got shape {mats.shape}.")
+    _check_n(n, what)
     bad = ~np.isfinite(mats)
     if bad.any():
         i = np.argwhere(bad)[0][-2:]
@@ -78,6 +119,7 @@ def _from_square(mats: np.ndarray, what: str, ids: Sequence[str] | None = None) 
             f"{asym.max():.3g}). Pass dissimilarity matrices; symmetrize with (D + D.T) / 2 "
             "if the asymmetry is numerical noise."
         )
+    _check_diagonal(mats, what)
     iu = np.triu_indices(n, 1)
     return np.ascontiguousarray(mats[..., iu[0], iu[1]].reshape(-1, iu[0].size))
 
@@ -101,7 +143,10 @@ def _stack_dataarray(da: xr.DataArray, what: str) -> _Stack:
         da = da.transpose(*lead, "stimulus", "stimulus2")
         ids = np.asarray(da["stimulus"].values).astype(str) if "stimulus" in da.coords else None
         ids2 = np.asarray(da["stimulus2"].values).astype(str) if "stimulus2" in da.coords else None
-        mats = np.asarray(da.values, dtype=np.float64)
+        if ids is not None and len(set(ids.tolist())) != len(ids):
+            dup = sorted({i for i in ids.tolist() if (ids == i).sum() > 1})
+            raise ShapeMismatchError(f"{what}: stimulus ids must be unique; repeated: {dup[:5]}.")
+        mats = _float_array(da.values, what)
         if ids is not None and ids2 is not None and not np.array_equal(ids, ids2):
             order = _permutation(ids2, ids, what)
             mats = mats[..., order]
@@ -118,7 +163,7 @@ def _stack_dataarray(da: xr.DataArray, what: str) -> _Stack:
         lead = list(da.dims[:-1])
         vectors = np.asarray(da.values, dtype=np.float64).reshape(-1, da.shape[-1])
         check_finite(what, vectors)
-        n = _n_from_pairs(vectors.shape[1], what)
+        n = _check_n(_n_from_pairs(vectors.shape[1], what), what)
         ids, pattern_coords = None, {}
     coords: dict[str, np.ndarray] = {}
     if not lead:
@@ -149,21 +194,39 @@ def _as_stack(x: Any, what: str) -> _Stack:
         from .io import from_rsatoolbox
 
         return _stack_dataarray(from_rsatoolbox(x), what)
-    arr = np.asarray(x, dtype=np.float64)
+    arr = _float_array(x, what)
     if arr.ndim == 1:
         check_finite(what, arr)
-        return _Stack(arr[None, :].copy(), _n_from_pairs(arr.size, what), None, None)
+        return _Stack(arr[None, :].copy(), _check_n(_n_from_pairs(arr.size, what), what), None, None)
     if arr.ndim == 2 and arr.shape[0] == arr.shape[1]:
         return _Stack(_from_square(arr[None], what), arr.shape[0], None, None)
     if arr.ndim == 2:
         check_finite(what, arr)
-        return _Stack(arr.copy(), _n_from_pairs(arr.shape[1], what), None, _STACK)
+        return _Stack(arr.copy(), _check_n(_n_from_pairs(arr.shape[1], what), what), None, _STACK)
     if arr.ndim == 3:
         return _Stack(_from_square(arr, what), arr.shape[-1], None, _STACK)
     raise ShapeMismatchError(
         f"{what} has shape {arr.shape}; expected (n, n), (k, n, n), a condensed vector "
         "(n*(n-1)/2,) or a stack of them (k, n*(n-1)/2)."
     )
+
+
+def _float_array(x: Any, what: str) -> np.ndarray:
+    """``x`` as a float64 array, or a ShapeMismatchError naming what was given."""
+    if np.iscomplexobj(x):
+        raise ShapeMismatchError(f"{what} is complex; RDMs hold real dissimilarities.")
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ShapeMismatchError(
+            f"{what} must be numeric RDMs (an array, DataArray or rsatoolbox RDMs), got "
+            f"{type(x).__name__} that cannot be read as numbers ({err})."
+        ) from None
+    if arr.ndim == 0:
+        raise ShapeMismatchError(f"{what} is a scalar; pass RDMs.")
+    if arr.size == 0:
+        raise ShapeMismatchError(f"{what} is empty; pass RDMs.")
+    return arr
 
 
 def _as_dataarray(x: Any, what: str) -> xr.DataArray:
@@ -250,7 +313,7 @@ def _meg_stack(meg_rdms: Any, times: Any) -> tuple[_Stack, np.ndarray, int]:
         n_subj = da.sizes["subject"] if has_subject else 0
         st = _stack_dataarray(da.drop_vars([c for c in ("time", "subject") if c in da.coords]), "meg_rdms")
         return st, t, n_subj
-    arr = np.asarray(meg_rdms, dtype=np.float64)
+    arr = _float_array(meg_rdms, "meg_rdms")
     if arr.ndim not in (3, 4) or arr.shape[-3] != arr.shape[-2]:
         raise ShapeMismatchError(
             f"MEG RDMs must be (stimulus, stimulus, time) or (subject, stimulus, stimulus, "

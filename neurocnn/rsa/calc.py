@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .._validation import check_option, check_positive_int, default_ids
+from .._validation import check_device, check_option, check_positive_int, default_ids
 from .._version import version
 from ..exceptions import InvalidDataError, ShapeMismatchError
 from ._stack import _PROVENANCE_KEYS, _clean_attrs, _stack_layers, _tensor
@@ -125,12 +125,15 @@ def _syrk_accumulate(G: np.ndarray, block: np.ndarray, dtype: torch.dtype) -> No
 
 def _gram(act: _Activations, noise: np.ndarray | None, device: str, chunk_size: int | None,
           dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Accumulate G = X N X^T (N = noise precision, identity if None) and row sums of X.
+    """Accumulate G = Y Y^T and the row sums of Y for the whitened patterns Y = X W.
+
+    ``noise`` is the whitening matrix W = N^(1/2) (symmetric square root of the noise
+    precision N; a vector for a diagonal N), identity if None, so G = X N X^T.
 
     On CPU without noise weighting, BLAS syrk fills the upper triangle (half the work
     of a matrix product); otherwise torch matmuls run on ``device``.
     """
-    dev = torch.device(device)
+    dev = check_device(device)
     use_syrk = dev.type == "cpu" and noise is None and dtype in _SYRK
     G = torch.zeros((act.n_rows, act.n_rows), dtype=torch.float64, device=dev)
     G_np = np.zeros((act.n_rows, act.n_rows), order="F") if use_syrk else None
@@ -161,8 +164,8 @@ def _gram(act: _Activations, noise: np.ndarray | None, device: str, chunk_size: 
             tw = t * torch.from_numpy(noise[offset - f : offset]).to(device=dev, dtype=dtype)
         else:
             tw = t @ torch.from_numpy(noise).to(device=dev, dtype=dtype)
-        G += (tw @ t.T).to(torch.float64)
-        s += t.sum(1, dtype=torch.float64) if dtype == torch.float64 else t.sum(1).to(torch.float64)
+        G += (tw @ tw.T).to(torch.float64)
+        s += tw.sum(1, dtype=torch.float64) if dtype == torch.float64 else tw.sum(1).to(torch.float64)
     if use_syrk:
         upper = np.triu(G_np)
         return upper + np.triu(upper, 1).T, s.numpy()
@@ -249,6 +252,35 @@ def _crossnobis(G: np.ndarray, act: _Activations, conds: np.ndarray) -> np.ndarr
     return out
 
 
+def _whitening(precision: np.ndarray) -> np.ndarray:
+    """W = N^(1/2), the symmetric square root of a noise precision N (elementwise for a diagonal).
+
+    Raises InvalidDataError for NaN/inf, an asymmetric or a non-positive-semidefinite N.
+    """
+    if not np.all(np.isfinite(precision)):
+        raise InvalidDataError("noise contains NaN/inf values; pass a finite noise precision.")
+    if precision.ndim == 1:
+        if (precision < 0).any():
+            raise InvalidDataError(
+                f"noise (a diagonal precision) has {int((precision < 0).sum())} negative value(s); "
+                "precisions (1 / variance) must be >= 0."
+            )
+        return np.sqrt(precision)
+    scale = max(float(np.abs(precision).max(initial=0.0)), 1e-300)
+    if np.abs(precision - precision.T).max(initial=0.0) > 1e-8 * scale:
+        raise InvalidDataError(
+            "noise must be a symmetric precision matrix (the inverse of a noise covariance); "
+            "symmetrize it with (N + N.T) / 2 if the asymmetry is numerical."
+        )
+    vals, vecs = np.linalg.eigh((precision + precision.T) / 2.0)
+    if vals.min(initial=0.0) < -1e-8 * scale:
+        raise InvalidDataError(
+            f"noise is not positive semi-definite (smallest eigenvalue {vals.min():.3g}); pass a "
+            "precision matrix, e.g. np.linalg.inv of a (shrunk) noise covariance."
+        )
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
 def _unique_in_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique values in order of first appearance, and the index of that appearance."""
     _, first = np.unique(values, return_index=True)
@@ -266,6 +298,7 @@ def _compute_one(act: _Activations, metric: str, noise, device, chunk_size, dtyp
                 f"noise must be a ({act.n_features}, {act.n_features}) precision matrix or a "
                 f"length-{act.n_features} diagonal, got shape {noise.shape}."
             )
+        noise = _whitening(noise)
     G, s = _gram(act, noise, device, chunk_size, dtype)
     conds, first = _unique_in_order(act.row_ids)
     if metric == "crossnobis":
@@ -324,9 +357,13 @@ def compute_rdm(
         measurements). Needed for ``crossnobis`` unless there is a ``run`` dim. With
         other metrics, repeated measurements are averaged per stimulus.
     noise : ndarray, optional
-        Noise precision matrix ``(n_features, n_features)`` or its diagonal
-        ``(n_features,)`` for ``crossnobis``; identity if None. A full matrix needs all
-        features in memory at once.
+        Noise precision matrix ``N`` ``(n_features, n_features)`` (symmetric positive
+        semi-definite) or its diagonal ``(n_features,)``; identity if None. Every metric
+        is then computed on the whitened patterns ``Y = X N^(1/2)`` (``N^(1/2)`` the
+        symmetric square root; ``sqrt(N)`` elementwise for a diagonal): ``euclidean``
+        is the Mahalanobis distance, ``crossnobis`` as rsatoolbox's, and
+        ``correlation`` is exactly ``pdist(Y, "correlation")`` (rsatoolbox ignores the
+        noise for correlation). A full matrix needs all features in memory at once.
     stimulus_ids : sequence of str, optional
         Ids of the rows of an array input (default ``"0"``, ``"1"``, ...).
     device : str

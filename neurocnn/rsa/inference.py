@@ -8,7 +8,13 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from .._validation import check_fraction, check_option, check_positive_int
+from .._validation import (
+    check_fraction,
+    check_option,
+    check_positive_int,
+    check_seed,
+    numpy_rng,
+)
 from .._version import version
 from ..exceptions import ShapeMismatchError
 from ..scale import map_tasks
@@ -160,6 +166,7 @@ def bootstrap_rdm_comparison(
     check_option("over", over, _OVER)
     n_bootstrap = check_positive_int("n_bootstrap", n_bootstrap)
     ci = check_fraction("ci", ci)
+    seed = check_seed(seed)
     sm, sb = _as_stack(model_rdms, "model_rdms"), _as_stack(brain_rdms, "brain_rdms")
     if sb.vectors.shape[0] < 2:
         raise ShapeMismatchError("bootstrap_rdm_comparison needs RDMs of at least 2 subjects.")
@@ -169,7 +176,7 @@ def bootstrap_rdm_comparison(
     job = _BootJob(M, V, _orders(M, method), _orders(V, method), method, sm.n, None)
     L = M.shape[1]
     observed, lo0, up0 = _boot_evaluate(job, None, None)
-    job.samples = _draw(np.random.default_rng(seed), n_bootstrap, sm.n, V.shape[1], over)
+    job.samples = _draw(numpy_rng(seed), n_bootstrap, sm.n, V.shape[1], over)
     evals = np.full((n_bootstrap, L), np.nan)
     nc = np.full((2, n_bootstrap), np.nan)
     per = _samples_per_chunk(L + 2 * V.shape[1], M.shape[-1], method)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .._validation import check_option, check_positive_int
+from .._validation import check_option, check_positive_int, numpy_rng
 from .._version import version
 from ..exceptions import InvalidDataError, ShapeMismatchError
 
@@ -548,7 +548,7 @@ def simulate_epochs(layer_rdms: xr.DataArray, onsets: Mapping[str, float], *, of
     --------
     >>> ep = simulate_epochs(rdms, {"conv1": 0.08, "fc7": 0.15})  # doctest: +SKIP
     """
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed)
     n_trials = check_positive_int("n_trials", n_trials)
     n_sensors = check_positive_int("n_sensors", n_sensors)
     t = np.round(np.arange(-0.1, 0.5, 0.01), 6) if times is None else np.asarray(times, np.float64)

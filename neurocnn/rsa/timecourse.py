@@ -8,7 +8,13 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from .._validation import check_fraction, check_option, check_positive_int
+from .._validation import (
+    check_fraction,
+    check_option,
+    check_positive_int,
+    check_seed,
+    numpy_rng,
+)
 from .._version import version
 from ..exceptions import ShapeMismatchError
 from ._kernels import (
@@ -82,6 +88,7 @@ def meg_layer_time_correlation(
     check_option("method", method, COMPARE_METHODS)
     n_bootstrap = check_positive_int("n_bootstrap", n_bootstrap)
     ci = check_fraction("ci", ci)
+    seed = check_seed(seed)
     sm = _as_stack(layer_rdms, "layer_rdms")
     st, t, n_subj = _meg_stack(meg_rdms, times)
     over = over or ("subjects" if n_subj else "stimuli")
@@ -100,7 +107,7 @@ def meg_layer_time_correlation(
         return np.einsum("slkt,sk->slt", sims, cc) / cc.sum(1)[:, None, None]
 
     observed = curves(None, None)[0]
-    samples = _draw(np.random.default_rng(seed), n_bootstrap, sm.n, k, over)
+    samples = _draw(numpy_rng(seed), n_bootstrap, sm.n, k, over)
     boot = np.full((n_bootstrap, L, n_t), np.nan)
     for sl in _chunks(n_bootstrap, _samples_per_chunk(L + k * n_t, M.shape[-1], method), progress, "MEG bootstrap"):
         c = None if samples.subj is None else samples.subj[sl].astype(np.float64)
