@@ -704,7 +704,8 @@ def load_model(
         raise
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise IntegrityError(
-            f"Cannot read weights file {path}: it is not a readable weights file for {spec.name!r} "
+            f"Cannot read weights file {path}: it is not a readable "
+            f"{'PyTorch state-dict' if read is _torch_load else repr(spec.name) + ' weights'} file "
             f"(corrupt, truncated, or another format; {type(err).__name__}). Download or save it "
             "again (torch.save(model.state_dict(), path)), or pass weights='pretrained'."
         ) from None

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import neurocnn.paper as paper
 from neurocnn import io
 from neurocnn.exceptions import OverwriteError
 
-from test_paper import _fake_results
+from test_paper import REPO, _fake_results, paper
 
 
 def test_failure_while_writing_the_pdf_leaves_no_partial_pdf(tmp_path: Path, monkeypatch) -> None:
@@ -49,8 +48,9 @@ def test_a_users_manuscript_is_never_replaced(tmp_path: Path) -> None:
 def test_kill_while_writing_the_pdf(tmp_path: Path) -> None:
     out = _fake_results(tmp_path / "out")
     code = textwrap.dedent(f"""
-        import os
-        import neurocnn.paper as P
+        import os, sys
+        sys.path.insert(0, {str(REPO / "paper")!r})
+        import builder as P
         def boom(text, pdf, **k):
             open(pdf, "wb").write(b"%PDF-partial")
             os._exit(9)

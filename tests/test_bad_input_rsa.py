@@ -106,7 +106,7 @@ def test_duplicate_ids_and_complex_values_are_refused() -> None:
 def test_valid_rdms_still_compare_and_tiny_numeric_diagonals_pass() -> None:
     a = _rdm()
     a[np.diag_indices(6)] = 1e-12
-    assert float(rsa.compare_rdms(a, a, "spearman")) == pytest.approx(1.0)
+    assert float(rsa.compare_rdms(a, a, method="spearman")) == pytest.approx(1.0)
 
 
 def test_load_rdms_validates_files(tmp_path: Path) -> None:
