@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for layer, chosen in units.items():
         for role, channel in chosen.items():
             for bottom in directions:
-                top = visualization.top_examples(subject, stim, layer, channel, k=9, bottom=bottom,
+                top = visualization.top_examples(subject, stim, layer, channel, top_k=9, bottom=bottom,
                                                  activations=acts[layer], progress=False)
                 tag = f"{'bottom' if bottom else 'top'}9_{layer}_ch{channel}"
                 top.attrs["role"] = role

@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         for ax, corr in zip(row, CORRECTIONS):
             var = P_VAR[corr]
             im = ax.imshow(img.T, origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
-            sig = np.asarray(searchlight.to_nifti(cl, name, var, fill_value=1.0).dataobj)[:, :, 0] < 0.05
+            sig = np.asarray(searchlight.to_nifti(cl, name, var=var, fill_value=1.0).dataobj)[:, :, 0] < 0.05
             if corr == "cluster_mass":
-                supra = np.asarray(searchlight.to_nifti(cl, name, "cluster_id").dataobj)[:, :, 0] > 0
+                supra = np.asarray(searchlight.to_nifti(cl, name, var="cluster_id").dataobj)[:, :, 0] > 0
                 ax.contour(supra.T.astype(float), levels=[0.5], colors="0.3", linewidths=0.8, linestyles="--")
             if sig.any():
                 ax.contour(sig.T.astype(float), levels=[0.5], colors="k", linewidths=1.2)

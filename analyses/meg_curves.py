@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     subject = make_subject(args)
     layers = subject.default_layers[::2] if args.quick else subject.default_layers
     acts = subject.activations("92images", layers, progress=args.progress)
-    layer_rdms = rsa.compute_rdm(acts, "correlation")
+    layer_rdms = rsa.compute_rdm(acts, metric="correlation")
     if args.meg is not None:
         times = np.load(args.times) if args.times is not None else None
         meg = rsa.load_meg_rdms(args.meg, times=times, stimulus_ids=layer_rdms["stimulus"].values)

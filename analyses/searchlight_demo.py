@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     subject = make_subject(args)
     layers = pick_layers(list(subject.default_layers), 2 if args.quick else 4)
     acts = subject.activations("92images", layers, progress=args.progress)
-    layer_rdms = rsa.compute_rdm(acts, "correlation")
+    layer_rdms = rsa.compute_rdm(acts, metric="correlation")
 
     if args.nifti is not None:
         ids = (np.loadtxt(args.ids, dtype=str, ndmin=1) if args.ids is not None

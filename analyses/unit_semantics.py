@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     pixel_summary = _save_all(pixel, "pixel", out, args.overwrite)
 
     # 2. image-level annotation (one forward pass per probe set for all layers)
-    floc_res = dissection.annotate_units(subject, floc, layers, k=settings["k"], seed=args.seed, progress=args.progress)
+    floc_res = dissection.annotate_units(subject, floc, layers, top_k=settings["k"], seed=args.seed, progress=args.progress)
     floc_summary = _save_all(floc_res, "floc", out, args.overwrite)
-    res92 = dissection.annotate_units(subject, stim92, layers, k=settings["k"], seed=args.seed, progress=args.progress)
+    res92 = dissection.annotate_units(subject, stim92, layers, top_k=settings["k"], seed=args.seed, progress=args.progress)
     summary92 = _save_all(res92, "92images", out, args.overwrite)
 
     first, last = spatial[0], layers[-1]

@@ -60,10 +60,10 @@ def case_rdm(n: int, units: int, repeats: int) -> Row:
     from rsatoolbox.rdm import calc_rdm
 
     x = np.random.default_rng(0).normal(size=(n, units)).astype(np.float32)
-    ours = best_of(lambda: rsa.compute_rdm(x, "correlation"), repeats)
+    ours = best_of(lambda: rsa.compute_rdm(x, metric="correlation"), repeats)
     ds = Dataset(x.astype(np.float64))
     ref = best_of(lambda: calc_rdm(ds, method="correlation"), 1)
-    got = rsa.compute_rdm(x, "correlation").values[np.triu_indices(n, 1)]
+    got = rsa.compute_rdm(x, metric="correlation").values[np.triu_indices(n, 1)]
     err = np.abs(got - calc_rdm(ds, method="correlation").get_vectors()[0]).max()
     return f"correlation RDM {n} x {units} units", ours, ref, f"max |diff| {err:.1e}"
 
@@ -78,14 +78,14 @@ def case_rdm_gpu(n: int, units: int, repeats: int) -> Row | None:
     x = np.random.default_rng(0).normal(size=(n, units)).astype(np.float32)
 
     def ours_fn() -> None:
-        rsa.compute_rdm(x, "correlation", device="cuda")
+        rsa.compute_rdm(x, metric="correlation", device="cuda")
         torch.cuda.synchronize()
 
     ours_fn()
     ours = best_of(ours_fn, repeats)
     ds = Dataset(x.astype(np.float64))
     ref = best_of(lambda: calc_rdm(ds, method="correlation"), 1)
-    got = rsa.compute_rdm(x, "correlation", device="cuda").values[np.triu_indices(n, 1)]
+    got = rsa.compute_rdm(x, metric="correlation", device="cuda").values[np.triu_indices(n, 1)]
     err = np.abs(got - calc_rdm(ds, method="correlation").get_vectors()[0]).max()
     return f"correlation RDM {n} x {units} units, GPU", ours, ref, f"max |diff| {err:.1e}"
 

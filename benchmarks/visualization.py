@@ -53,7 +53,7 @@ def bench_maximization(steps: int) -> list[str]:
     lite0 = nc.VirtualSubject()
     stim = nc.load_stimuli("92images")
     layer, channel = "stage6", 10
-    top = visualization.top_examples(lite0, stim, layer, channel, k=1, progress=False)
+    top = visualization.top_examples(lite0, stim, layer, channel, top_k=1, progress=False)
     start = time.perf_counter()
     res = visualization.maximize_activation(lite0, layer, channel, objective="max", steps=steps, progress=False)
     unit_time = time.perf_counter() - start

@@ -248,12 +248,12 @@ def _plot_volume(result, li, correction, alpha, fig, title, kind="stat_map", **k
 
     from .searchlight import to_nifti
 
-    img = to_nifti(result, li, "statistic")
+    img = to_nifti(result, li, var="statistic")
     sig = _significance(result, li, correction, alpha)
     tmp = result[["statistic"]].copy()
     tmp["statistic"] = (("layer", "voxel"), np.zeros(result["statistic"].shape))
     tmp["statistic"].values[li] = sig.astype(float)
-    mask_img = to_nifti(tmp, li, "statistic")
+    mask_img = to_nifti(tmp, li, var="statistic")
     vmax = float(max(np.nanmax(np.abs(result["statistic"].values[li])), 1e-6))
     if kind == "glass_brain":
         display = plotting.plot_glass_brain(img, figure=fig, title=title, plot_abs=False, colorbar=True,

@@ -346,7 +346,7 @@ def _forward(
 
 def attribute(
     subject: VirtualSubject,
-    images: Any,
+    stimuli: Any,
     method: Method = "saliency",
     *,
     layer: str | None = None,
@@ -364,7 +364,7 @@ def attribute(
     ----------
     subject : VirtualSubject
         The network.
-    images : StimulusSet, str, path, array or tensor
+    stimuli : StimulusSet, str, path, array or tensor
         Anything :func:`neurocnn.stimuli.load_stimuli` accepts, or one image of shape
         (3, H, W) / (H, W, 3) in [0, 1] (or uint8).
     method : {"saliency", "guided_backprop", "deconvnet"}
@@ -402,7 +402,7 @@ def attribute(
     """
     check_option("method", method, _METHOD_CONTEXT)
     check_positive_int("batch_size", batch_size)
-    stim, single = as_stimuli(images)
+    stim, single = as_stimuli(stimuli)
     target = resolve_target(
         subject, layer=layer, channel=channel, y=y, x=x, class_index=class_index,
         class_name=class_name, reduce=reduce, size=subject.input_size(stim),
@@ -425,7 +425,7 @@ def attribute(
     return result.isel(stimulus=0) if single else result
 
 
-def saliency(subject: VirtualSubject, images: Any, **target: Any) -> xr.DataArray:
+def saliency(subject: VirtualSubject, stimuli: Any, **target: Any) -> xr.DataArray:
     """Vanilla gradient of a target w.r.t. the input (Simonyan et al. 2014), signed.
 
     Same parameters, returns and errors as :func:`attribute` (``method="saliency"``).
@@ -435,10 +435,10 @@ def saliency(subject: VirtualSubject, images: Any, **target: Any) -> xr.DataArra
     --------
     >>> grad = saliency(subject, image, layer="conv5", channel=3)  # doctest: +SKIP
     """
-    return attribute(subject, images, "saliency", **target)
+    return attribute(subject, stimuli, "saliency", **target)
 
 
-def guided_backprop(subject: VirtualSubject, images: Any, **target: Any) -> xr.DataArray:
+def guided_backprop(subject: VirtualSubject, stimuli: Any, **target: Any) -> xr.DataArray:
     """Guided backpropagation (Springenberg et al. 2015).
 
     Same parameters, returns and errors as :func:`attribute`
@@ -448,10 +448,10 @@ def guided_backprop(subject: VirtualSubject, images: Any, **target: Any) -> xr.D
     --------
     >>> gb = guided_backprop(subject, image, class_name="Siamese cat")  # doctest: +SKIP
     """
-    return attribute(subject, images, "guided_backprop", **target)
+    return attribute(subject, stimuli, "guided_backprop", **target)
 
 
-def deconvnet(subject: VirtualSubject, images: Any, **target: Any) -> xr.DataArray:
+def deconvnet(subject: VirtualSubject, stimuli: Any, **target: Any) -> xr.DataArray:
     """Deconvnet attribution (Zeiler & Fergus 2014): rectified gradients, forward mask ignored.
 
     Same parameters, returns and errors as :func:`attribute` (``method="deconvnet"``).
@@ -461,7 +461,7 @@ def deconvnet(subject: VirtualSubject, images: Any, **target: Any) -> xr.DataArr
     --------
     >>> dc = deconvnet(subject, image, layer="conv5", channel=3)  # doctest: +SKIP
     """
-    return attribute(subject, images, "deconvnet", **target)
+    return attribute(subject, stimuli, "deconvnet", **target)
 
 
 _KEEP = ("max", "channel")
@@ -469,7 +469,7 @@ _KEEP = ("max", "channel")
 
 def deconvnet_reconstruction(
     subject: VirtualSubject,
-    image: Any,
+    stimuli: Any,
     layer: str,
     channel: int,
     *,
@@ -487,7 +487,7 @@ def deconvnet_reconstruction(
     ----------
     subject : VirtualSubject
         The network.
-    image : array, tensor, StimulusSet of one image
+    stimuli : array, tensor, StimulusSet of one image
         One image (3, H, W) / (H, W, 3) in [0, 1] (or uint8), or a one-stimulus set.
     layer : str
         Layer name or alias (a conv feature map, or a vector layer).
@@ -514,7 +514,7 @@ def deconvnet_reconstruction(
     >>> rec = deconvnet_reconstruction(subject, image, "conv5", 12)  # doctest: +SKIP
     """
     check_option("keep", keep, _KEEP)
-    stim, _ = as_stimuli(image)
+    stim, _ = as_stimuli(stimuli)
     if len(stim) != 1:
         raise StimulusError(f"deconvnet_reconstruction takes one image; got {len(stim)}.")
     target = resolve_target(subject, layer=layer, channel=channel, size=subject.input_size(stim))

@@ -273,7 +273,7 @@ def _cmd_dissect(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.method == "annotate":
         stim = args.stimuli if args.stimuli in list_stimulus_sets() else labelled_stimuli(args.stimuli)
-        results = annotate_units(subject, stim, layers, labels=args.labels, k=args.k, min_precision=args.min_precision,
+        results = annotate_units(subject, stim, layers, labels=args.labels, top_k=args.top_k, min_precision=args.min_precision,
                                  seed=args.seed, batch_size=args.batch_size, progress=progress)
     else:
         probe = load_broden(args.broden, max_images=args.max_images) if args.broden else concepts_from_stimuli(args.stimuli)
@@ -422,7 +422,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broden", help="a Broden-layout folder (pixel method; default: colour concepts of --stimuli)")
     p.add_argument("--layers", nargs="*", help="layer names or aliases (default: the model's default layers)")
     p.add_argument("--labels", help="metadata field or 'label_*' indicator columns (annotate)")
-    p.add_argument("--k", type=int, default=10, help="top images per unit (annotate)")
+    p.add_argument("--top-k", type=int, default=10, help="top images per unit (annotate)")
     p.add_argument("--min-precision", type=float, default=0.75, help="precision of a detector (annotate)")
     p.add_argument("--quantile", type=float, default=0.005, help="top activation quantile (pixel)")
     p.add_argument("--iou-threshold", type=float, default=0.04, help="IoU of a detector (pixel)")

@@ -380,7 +380,7 @@ def annotate_units(
     *,
     labels: str | Sequence[str] | None = None,
     groups: str | Mapping[str, str] | None = None,
-    k: int = 10,
+    top_k: int = 10,
     min_precision: float = 0.75,
     q: float = 0.05,
     seed: int = 0,
@@ -410,7 +410,7 @@ def annotate_units(
         The type of each label: a metadata field (``"domain"``) or a mapping label ->
         group. Default: ``group``/``domain`` metadata, the 92-image or fLoc hierarchy,
         else the label itself.
-    k : int
+    top_k : int
         Top images per unit.
     min_precision : float
         A unit detects its label when its precision is at least this and ``p_fdr < q``.
@@ -438,9 +438,9 @@ def annotate_units(
     UnknownNameError
         Unknown layer (before any forward pass).
     StimulusError, InvalidDataError
-        Missing label fields, bad indicator columns, ``k`` larger than the probe set.
+        Missing label fields, bad indicator columns, ``top_k`` larger than the probe set.
     """
-    check_positive_int("k", k)
+    check_positive_int("k", top_k)
     check_fraction("min_precision", min_precision)
     check_fraction("q", q)
     single = isinstance(layers, str)
@@ -448,8 +448,8 @@ def annotate_units(
     for layer in names:
         subject.resolve_layer(layer)
     stim = load_stimuli(stimuli)
-    if k > len(stim):
-        raise InvalidDataError(f"k={k} is larger than the {len(stim)} probe stimuli; choose k < {len(stim)}.")
+    if top_k > len(stim):
+        raise InvalidDataError(f"top_k={top_k} is larger than the {len(stim)} probe stimuli; choose top_k < {len(stim)}.")
     matrix, label_names, source = _label_matrix(stim, labels)
     types = _label_groups(stim, label_names, source, groups)
     resp = unit_responses(subject, stim, names, batch_size=batch_size, activations=activations, store=store,
@@ -457,16 +457,16 @@ def annotate_units(
     out = {}
     for layer in names:
         r = resp[layer]
-        res = _annotate(r.values, matrix, k, seed)
+        res = _annotate(r.values, matrix, top_k, seed)
         dim = r.dims[1]
         n_units = r.sizes[dim]
         p_fdr = scipy.stats.false_discovery_control(res["p_value"], method="bh")
-        precision = res["count"] / k
+        precision = res["count"] / top_k
         detector = (precision >= min_precision) & (p_fdr < q) & ~res["dead"]
         label = np.asarray(label_names)[res["label"]]
         ds = xr.Dataset(
             {
-                "score": ((dim, "label"), res["counts"] / k),
+                "score": ((dim, "label"), res["counts"] / top_k),
                 "label_name": (dim, np.where(res["dead"], "", label)),
                 "label_type": (dim, np.where(res["dead"], "", np.asarray(types)[res["label"]])),
                 "precision": (dim, precision),
@@ -480,11 +480,11 @@ def annotate_units(
                 "top_stimulus": ((dim, "rank"), stim.ids[res["order"]]),
                 "top_response": ((dim, "rank"), np.take_along_axis(r.values.T, res["order"], 1)),
             },
-            coords={dim: np.arange(n_units), "label": label_names, "type": ("label", types), "rank": np.arange(1, k + 1)},
+            coords={dim: np.arange(n_units), "label": label_names, "type": ("label", types), "rank": np.arange(1, top_k + 1)},
             attrs={
                 **{a: v for a, v in r.attrs.items()},
                 "method": "image-level annotation (Zhou et al. 2015)",
-                "labels": source, "k": int(k), "min_precision": float(min_precision), "q": float(q), "seed": int(seed),
+                "labels": source, "k": int(top_k), "min_precision": float(min_precision), "q": float(q), "seed": int(seed),
                 "test": "hypergeometric P(X >= count), Bonferroni over labels; BH FDR over units",
                 "n_stimuli": len(stim), "n_detectors": int(detector.sum()),
                 "fraction_detectors": float(detector.mean()), "neurocnn_version": version(),

@@ -86,7 +86,7 @@ def _one_image(image: Any) -> tuple[torch.Tensor, str]:
 
 
 def activation_maps(
-    subject: VirtualSubject, image: Any, layer: str, channels: Sequence[int] | None = None
+    subject: VirtualSubject, stimuli: Any, layer: str, channels: Sequence[int] | None = None
 ) -> xr.DataArray:
     """Feature maps of one image in one layer.
 
@@ -94,7 +94,7 @@ def activation_maps(
     ----------
     subject : VirtualSubject
         The network.
-    image : array, tensor, path or StimulusSet of one image
+    stimuli : array, tensor, path or StimulusSet of one image
         (3, H, W) or (H, W, 3) in [0, 1] or uint8; preprocessed like every stimulus.
     layer : str
         Spatial layer (name or alias).
@@ -119,7 +119,7 @@ def activation_maps(
     --------
     >>> maps = activation_maps(subject, stim.subset([0]), "conv3")  # doctest: +SKIP
     """
-    img, stim_id = _one_image(image)
+    img, stim_id = _one_image(stimuli)
     x = subject.preprocessing(img)[None].to(subject.device)
     out = subject.forward_layers(x, [layer])[layer][0]
     if out.ndim != 3:
@@ -268,8 +268,8 @@ def top_examples(
     stimuli: Any,
     layer: str,
     channel: int,
-    k: int = 9,
     *,
+    top_k: int = 9,
     bottom: bool = False,
     unit: tuple[int, int] | None = None,
     activations: xr.DataArray | None = None,
@@ -297,7 +297,7 @@ def top_examples(
         Layer name or alias (spatial, or a vector layer: then the crop is the whole image).
     channel : int
         Channel (or unit of a vector layer).
-    k : int
+    top_k : int
         Number of examples (at most the number of stimuli).
     bottom : bool
         Return the K most negative examples instead.
@@ -323,20 +323,20 @@ def top_examples(
     UnknownNameError
         Unknown layer, channel out of range.
     InvalidDataError
-        ``k`` not a positive integer, or larger than the number of stimuli; a unit
+        ``top_k`` not a positive integer, or larger than the number of stimuli; a unit
         outside the map or on a vector layer.
     ShapeMismatchError
         ``activations`` are not those of ``layer`` for ``stimuli``.
 
     Examples
     --------
-    >>> top = top_examples(subject, "92images", "conv5", 12, k=9)  # doctest: +SKIP
+    >>> top = top_examples(subject, "92images", "conv5", 12, top_k=9)  # doctest: +SKIP
     """
-    check_positive_int("k", k)
+    check_positive_int("k", top_k)
     check_positive_int("batch_size", batch_size)
     stim = load_stimuli(stimuli)
-    if k > len(stim):
-        raise InvalidDataError(f"k={k} is larger than the {len(stim)} stimuli.")
+    if top_k > len(stim):
+        raise InvalidDataError(f"top_k={top_k} is larger than the {len(stim)} stimuli.")
     if activations is None:
         acts = subject.activations(stim, layer, batch_size=batch_size, progress=progress)
     else:
@@ -366,7 +366,7 @@ def top_examples(
     else:
         flat_pos = np.zeros(len(stim), dtype=int)
     score = values.reshape(len(stim), -1)[np.arange(len(stim)), flat_pos]
-    order = np.argsort(score if bottom else -score, kind="stable")[:k]
+    order = np.argsort(score if bottom else -score, kind="stable")[:top_k]
     hw = subject.input_size(stim)
     if spatial:
         map_hw = values.shape[1:]
@@ -374,8 +374,8 @@ def top_examples(
         box_of = _box_function(subject, layer, hw, map_hw)
         boxes = np.array([box_of(int(y), int(x)) for y, x in zip(pos_y, pos_x)])
     else:
-        pos_y = pos_x = np.full(k, -1)
-        boxes = np.tile([0, hw[0], 0, hw[1]], (k, 1))
+        pos_y = pos_x = np.full(top_k, -1)
+        boxes = np.tile([0, hw[0], 0, hw[1]], (top_k, 1))
     fill = torch.as_tensor(subject.preprocessing.mean, dtype=torch.float32)
     crops = torch.stack([
         _crop(subject.preprocessing.geometric(stim.load(int(i))), tuple(b), fill) for i, b in zip(order, boxes)
@@ -389,7 +389,7 @@ def top_examples(
             "crop": (("rank", "y", "x", "rgb"), crops.permute(0, 2, 3, 1).numpy()),
         },
         coords={
-            "rank": np.arange(1, k + 1),
+            "rank": np.arange(1, top_k + 1),
             "stimulus": ("rank", stim.ids[order]),
             "stimulus_index": ("rank", order.astype(int)),
             "edge": ["y0", "y1", "x0", "x1"],
@@ -694,7 +694,7 @@ def deep_dream(
     layer: str,
     channels: Sequence[int] | None = None,
     *,
-    image: Any = None,
+    stimuli: Any = None,
     octaves: int = 3,
     octave_scale: float = 1.4,
     steps_per_octave: int = 10,
@@ -722,7 +722,7 @@ def deep_dream(
         Layer name or alias.
     channels : sequence of int, optional
         Channels whose activations are maximized (default: all of the layer).
-    image : array, tensor, path or StimulusSet of one image, optional
+    stimuli : array, tensor, path or StimulusSet of one image, optional
         Starting image ((3, H, W) / (H, W, 3) in [0, 1] or uint8), resized/cropped by the
         subject's preprocessing. Default: seeded noise of the network's input size.
     octaves : int
@@ -774,12 +774,12 @@ def deep_dream(
     if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
         raise InvalidDataError(f"jitter must be an integer number of pixels >= 0, got {jitter!r}.")
     generator = torch_generator(seed)
-    if image is None:
+    if stimuli is None:
         side = subject.input_size()[0]
         base = (0.5 + 0.1 * torch.randn((1, 3, side, side), generator=generator)).clamp(0, 1)
         source = "noise"
     else:
-        img, source = _one_image(image)
+        img, source = _one_image(stimuli)
         base = subject.preprocessing.geometric(img)[None]
     hw = tuple(base.shape[-2:])
     shape = subject.output_shape(layer, hw)

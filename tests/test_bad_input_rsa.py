@@ -126,21 +126,21 @@ def test_noise_whitened_metrics_match_pdist_of_whitened_patterns(metric: str) ->
     a = rng.normal(size=(9, 9))
     precision = a @ a.T + np.eye(9)
     y = x @ np.real(scipy.linalg.sqrtm(precision))
-    np.testing.assert_allclose(rsa.compute_rdm(x, metric, noise=precision).values,
+    np.testing.assert_allclose(rsa.compute_rdm(x, metric=metric, noise=precision).values,
                                squareform(pdist(y, metric)), atol=1e-10)
     d = rng.random(9) + 0.1
-    np.testing.assert_allclose(rsa.compute_rdm(x, metric, noise=d, chunk_size=4).values,
+    np.testing.assert_allclose(rsa.compute_rdm(x, metric=metric, noise=d, chunk_size=4).values,
                                squareform(pdist(x * np.sqrt(d), metric)), atol=1e-10)
 
 
 def test_bad_noise_precisions_are_refused() -> None:
     x = np.random.default_rng(0).normal(size=(5, 4))
     with pytest.raises(InvalidDataError, match="positive semi-definite"):
-        rsa.compute_rdm(x, "correlation", noise=-np.eye(4))
+        rsa.compute_rdm(x, metric="correlation", noise=-np.eye(4))
     with pytest.raises(InvalidDataError, match="symmetric"):
-        rsa.compute_rdm(x, "correlation", noise=np.triu(np.ones((4, 4))))
+        rsa.compute_rdm(x, metric="correlation", noise=np.triu(np.ones((4, 4))))
     with pytest.raises(InvalidDataError, match="negative"):
-        rsa.compute_rdm(x, "euclidean", noise=-np.ones(4))
+        rsa.compute_rdm(x, metric="euclidean", noise=-np.ones(4))
 
 
 # ------------------------------------------------------------------ RDM files

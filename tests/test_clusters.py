@@ -200,7 +200,7 @@ def test_single_subject_label_permutations():
         sig = out[var].sel(layer="a").values < 0.05
         assert sig[near].mean() > 0.5 and sig[~near].mean() < 0.1, var
         assert (out[var].sel(layer="b").values < 0.05).mean() < 0.1
-    img = sl.to_nifti(out, "a", "p_fwe_tfce", fill_value=1.0)
+    img = sl.to_nifti(out, "a", var="p_fwe_tfce", fill_value=1.0)
     assert img.shape == (11, 11, 8)
 
 

@@ -229,7 +229,7 @@ def _redness_probe(n_red=6, n_other=10):
 
 def test_annotation_labels_units_with_hypergeometric_test():
     stim = _redness_probe()
-    res = dissection.annotate_units(_colour_net(), stim, "1", k=5, groups={"red": "warm", "blue": "cold", "grey": "neutral"},
+    res = dissection.annotate_units(_colour_net(), stim, "1", top_k=5, groups={"red": "warm", "blue": "cold", "grey": "neutral"},
                                     progress=False)
     assert res["label_name"].values.tolist() == ["red", "blue"]
     assert res["label_type"].values.tolist() == ["warm", "cold"]
@@ -246,8 +246,8 @@ def test_annotation_labels_units_with_hypergeometric_test():
 def test_annotation_with_precomputed_zarr_activations(tmp_path):
     subject, stim = _colour_net(), _redness_probe()
     acts = subject.activations(stim, "1", store=tmp_path / "a.zarr", batch_size=4, progress=False)
-    a = dissection.annotate_units(subject, stim, "1", k=5, activations=acts, progress=False)
-    b = dissection.annotate_units(subject, stim, "1", k=5, progress=False)
+    a = dissection.annotate_units(subject, stim, "1", top_k=5, activations=acts, progress=False)
+    b = dissection.annotate_units(subject, stim, "1", top_k=5, progress=False)
     xr.testing.assert_equal(a["score"], b["score"])
 
 
@@ -256,7 +256,7 @@ def test_annotation_bad_inputs(tmp_path):
     with pytest.raises(StimulusError, match="no metadata field 'kind'"):
         dissection.annotate_units(subject, stim, "1", labels="kind", progress=False)
     with pytest.raises(InvalidDataError, match="k=50 is larger than the 16"):
-        dissection.annotate_units(subject, stim, "1", k=50, progress=False)
+        dissection.annotate_units(subject, stim, "1", top_k=50, progress=False)
     with pytest.raises(UnknownNameError, match="Unknown layer"):
         dissection.annotate_units(subject, stim, "fc9", progress=False)
     with pytest.raises(InvalidDataError, match="no entry for label"):
@@ -291,7 +291,7 @@ def test_summary_and_figures(tmp_path):
     nc.plotting.save_figure(fig, tmp_path / "bars.png")
     cards = dissection.plot_unit_cards(subject, _squares(), res, [0, 1], n_images=2)
     assert len(cards.axes) == 4 and "red" in cards.axes[0].get_title(loc="left")
-    ann = dissection.annotate_units(subject, _redness_probe(), "1", k=5, progress=False)
+    ann = dissection.annotate_units(subject, _redness_probe(), "1", top_k=5, progress=False)
     cards = dissection.plot_unit_cards(subject, _redness_probe(), ann, [0], n_images=3)
     # the red unit's maximum sits on a cell of the square; its 2x2 receptive field lies inside rows/cols 2..5
     box = cards.axes[0].patches[0]
@@ -314,11 +314,11 @@ def test_lite0_colour_detectors_early_category_detectors_late(lite0, stimuli92, 
     # fLoc categories: the head has face, place and object detectors, the stem none
     floc = nc.load_stimuli("floc")
     floc = floc.subset(np.concatenate([np.arange(c * 144, c * 144 + 15) for c in range(6)]))
-    ann = dissection.annotate_units(lite0, floc, ["stem", "head"], k=10, progress=False)
+    ann = dissection.annotate_units(lite0, floc, ["stem", "head"], top_k=10, progress=False)
     head = ann["head"]
     assert head.attrs["fraction_detectors"] > 0.05 > ann["stem"].attrs["fraction_detectors"]
     assert set(head["label_type"].values[head["detector"].values].tolist()) == {"face", "place", "object"}
-    ann92 = dissection.annotate_units(lite0, stimuli92, "head", k=10, activations=acts["head"], progress=False)
+    ann92 = dissection.annotate_units(lite0, stimuli92, "head", top_k=10, activations=acts["head"], progress=False)
     assert ann92.attrs["n_detectors"] >= 1
 
 
@@ -343,9 +343,9 @@ def test_annotation_ties_are_not_broken_by_stimulus_order():
     images[:8, 2:6, 2:6] = RED  # 8 red images: channel 0 ties at 6 on all of them
     labels = ["x"] * 4 + ["y"] * 4 + ["z"] * 4
     stim = nc.load_stimuli(images, metadata={"label": labels})
-    res = dissection.annotate_units(_saturating_net(), stim, "1", k=4, progress=False)
+    res = dissection.annotate_units(_saturating_net(), stim, "1", top_k=4, progress=False)
     assert int(res["n_tied"][0]) == 8
-    tops = {tuple(sorted(dissection.annotate_units(_saturating_net(), stim, "1", k=4, seed=s, progress=False)
+    tops = {tuple(sorted(dissection.annotate_units(_saturating_net(), stim, "1", top_k=4, seed=s, progress=False)
                          ["top_index"].values[0])) for s in range(4)}
     assert len(tops) > 1 and all(max(t) < 8 for t in tops)
 
@@ -365,14 +365,14 @@ def test_cli_dissect_annotate_and_pixel(tmp_path, capsys):
     torch.save(load_model(get_spec("squeezenet1_1"), weights=None)[0].state_dict(), weights)
     common = ["--model", "squeezenet1_1", "--weights", str(weights), "--layers", "pool1", "--no-progress",
               "--stimuli", str(tmp_path / "probe")]
-    assert main(["dissect", *common, "--method", "annotate", "--k", "3", "--out", str(tmp_path / "a")]) == 0
+    assert main(["dissect", *common, "--method", "annotate", "--top-k", "3", "--out", str(tmp_path / "a")]) == 0
     ann = nc.load(tmp_path / "a" / "annotate_pool1.nc")
     assert set(ann["label"].values.tolist()) == {"red", "blue"} and ann.attrs["k"] == 3
     assert main(["dissect", *common, "--method", "pixel", "--size", "28", "--out", str(tmp_path / "p")]) == 0
     pix = nc.load(tmp_path / "p" / "pixel_pool1.nc")
     assert pix.sizes["concept"] == 11 and (tmp_path / "p" / "pixel_detectors.png").is_file()
     assert "detectors" in capsys.readouterr().out
-    assert main(["dissect", *common, "--out", str(tmp_path / "a"), "--k", "3"]) == 2  # exists, no --overwrite
+    assert main(["dissect", *common, "--out", str(tmp_path / "a"), "--top-k", "3"]) == 2  # exists, no --overwrite
     assert main(["dissect", *common[:4], "--layers", "pool11", "--out", str(tmp_path / "x")]) == 2
     assert "Unknown layer 'pool11'" in capsys.readouterr().err
 

@@ -60,7 +60,7 @@ def _vectors(k, n, seed, ties=False):
 @pytest.mark.parametrize("metric", ["correlation", "euclidean", "sqeuclidean", "cosine"])
 def test_compute_rdm_matches_pdist(metric):
     x = _activations()
-    got = rsa.compute_rdm(x, metric, chunk_size=7)
+    got = rsa.compute_rdm(x, metric=metric, chunk_size=7)
     np.testing.assert_allclose(squareform(got.values, checks=False), pdist(x.values, metric),
                                rtol=1e-10, atol=1e-12)
     assert got.dims == ("stimulus", "stimulus2")
@@ -75,10 +75,10 @@ def test_compute_rdm_matches_rsatoolbox_correlation_and_euclidean():
     x = _activations(seed=3).values
     ds = Dataset(x)
     ref = rsa_rdm.calc_rdm(ds, method="correlation").get_vectors()[0]
-    got = rsa.compute_rdm(x, "correlation")
+    got = rsa.compute_rdm(x, metric="correlation")
     np.testing.assert_allclose(squareform(got.values, checks=False), ref, atol=1e-12)
     ref = rsa_rdm.calc_rdm(ds, method="euclidean").get_vectors()[0]  # mean squared diff
-    got = rsa.compute_rdm(x, "sqeuclidean")
+    got = rsa.compute_rdm(x, metric="sqeuclidean")
     np.testing.assert_allclose(squareform(got.values, checks=False) / x.shape[1], ref, rtol=1e-10)
 
 
@@ -97,10 +97,10 @@ def test_crossnobis_matches_rsatoolbox(diag_noise):
                            noise=None if noise is None else np.diag(noise))
     da = xr.DataArray(x, dims=("stimulus", "run", "unit"),
                       coords={"stimulus": [f"c{i}" for i in range(n_cond)], "run": np.arange(n_run)})
-    got = rsa.compute_rdm(da, "crossnobis", noise=noise, chunk_size=4)
+    got = rsa.compute_rdm(da, metric="crossnobis", noise=noise, chunk_size=4)
     np.testing.assert_allclose(squareform(got.values, checks=False), ref.get_vectors()[0], atol=1e-12)
     # the same with runs= labels per row of a plain array, and a full noise matrix
-    got2 = rsa.compute_rdm(x.reshape(-1, f), "crossnobis", runs=runs, stimulus_ids=conds,
+    got2 = rsa.compute_rdm(x.reshape(-1, f), metric="crossnobis", runs=runs, stimulus_ids=conds,
                            noise=None if noise is None else np.diag(noise))
     np.testing.assert_allclose(got2.values, got.values, atol=1e-12)
     assert got.attrs["n_runs"] == n_run
@@ -110,7 +110,7 @@ def test_repeated_measurements_are_averaged_for_plain_metrics():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(5, 2, 30))  # stimulus, run, unit
     da = xr.DataArray(x, dims=("stimulus", "run", "unit"), coords={"stimulus": list("abcde")})
-    got = rsa.compute_rdm(da, "correlation")
+    got = rsa.compute_rdm(da, metric="correlation")
     np.testing.assert_allclose(squareform(got.values, checks=False), pdist(x.mean(1), "correlation"),
                                atol=1e-12)
     assert list(got.stimulus.values) == list("abcde")
@@ -139,8 +139,8 @@ def test_compute_rdm_dask_zarr_chunked_equals_in_memory(tmp_path):
     x.to_dataset().chunk({"channel": 4}).to_zarr(tmp_path / "a.zarr", consolidated=False)
     lazy = xr.open_zarr(tmp_path / "a.zarr", consolidated=False)["acts"]
     assert lazy.chunks is not None
-    got = rsa.compute_rdm(lazy, "correlation", chunk_size=50)
-    ref = rsa.compute_rdm(x.values.reshape(10, -1).astype(np.float64), "correlation",
+    got = rsa.compute_rdm(lazy, metric="correlation", chunk_size=50)
+    ref = rsa.compute_rdm(x.values.reshape(10, -1).astype(np.float64), metric="correlation",
                           stimulus_ids=x.stimulus.values)
     np.testing.assert_allclose(got.values, ref.values, atol=1e-12)
 
@@ -149,14 +149,14 @@ def test_compute_rdm_torch_input_and_float32_dtype():
     import torch
 
     x = _activations().values
-    got = rsa.compute_rdm(torch.from_numpy(x), "cosine", dtype=torch.float32)
+    got = rsa.compute_rdm(torch.from_numpy(x), metric="cosine", dtype=torch.float32)
     np.testing.assert_allclose(squareform(got.values, checks=False), pdist(x, "cosine"), atol=1e-5)
 
 
 def test_compute_rdm_errors():
     x = _activations()
     with pytest.raises(UnknownNameError, match="correlation"):
-        rsa.compute_rdm(x, "corelation")
+        rsa.compute_rdm(x, metric="corelation")
     bad = x.copy()
     bad[3, 5] = np.nan
     with pytest.raises(InvalidDataError, match="s03"):
@@ -164,20 +164,20 @@ def test_compute_rdm_errors():
     const = x.copy()
     const[4] = 2.5
     with pytest.raises(InvalidDataError, match="s04"):
-        rsa.compute_rdm(const, "correlation")
-    rsa.compute_rdm(const, "euclidean")  # fine for euclidean
+        rsa.compute_rdm(const, metric="correlation")
+    rsa.compute_rdm(const, metric="euclidean")  # fine for euclidean
     zero = x.copy()
     zero[2] = 0.0
     with pytest.raises(InvalidDataError, match="s02"):
-        rsa.compute_rdm(zero, "cosine")
+        rsa.compute_rdm(zero, metric="cosine")
     with pytest.raises(ShapeMismatchError, match="stimulus"):
         rsa.compute_rdm(x.rename(stimulus="image"))
     with pytest.raises(ShapeMismatchError, match="runs"):
-        rsa.compute_rdm(x, "crossnobis")
+        rsa.compute_rdm(x, metric="crossnobis")
     with pytest.raises(ShapeMismatchError, match="ids"):
         rsa.compute_rdm(x.values, stimulus_ids=["a", "b"])
     with pytest.raises(ShapeMismatchError, match="noise"):
-        rsa.compute_rdm(x.values, "crossnobis", runs=[0, 1] * 6, noise=np.ones(3),
+        rsa.compute_rdm(x.values, metric="crossnobis", runs=[0, 1] * 6, noise=np.ones(3),
                         stimulus_ids=np.repeat(np.arange(6), 2))
     with pytest.raises(InvalidDataError, match="chunk_size"):
         rsa.compute_rdm(x, chunk_size=0)

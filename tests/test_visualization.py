@@ -92,7 +92,7 @@ def test_top_and_bottom_examples_with_rf_crops(tiny):
         scipy.ndimage.uniform_filter(np.maximum(im[..., 0] - im[..., 2], 0), 3, mode="constant")[1:-1, 1:-1] * 9
         for im in images
     ])
-    top = vis.top_examples(tiny, images, "2", 0, k=3, progress=False)
+    top = vis.top_examples(tiny, images, "2", 0, top_k=3, progress=False)
     expected = np.argsort(-acts.reshape(6, -1).max(1))[:3]
     np.testing.assert_array_equal(top["stimulus_index"], expected)
     np.testing.assert_allclose(top["activation"], acts.reshape(6, -1).max(1)[expected], rtol=1e-5)
@@ -102,25 +102,25 @@ def test_top_and_bottom_examples_with_rf_crops(tiny):
         assert acts[i, y, x] == pytest.approx(float(top["activation"][r]), rel=1e-5)
         np.testing.assert_array_equal(top["box"][r], [y, y + 3, x, x + 3])  # 3x3 conv, no padding
         np.testing.assert_allclose(top["crop"][r], images[i, y:y + 3, x:x + 3], atol=1e-6)
-    bottom = vis.top_examples(tiny, images, "0", 1, k=2, bottom=True, progress=False)
+    bottom = vis.top_examples(tiny, images, "0", 1, top_k=2, bottom=True, progress=False)
     mins = (images[..., 2] - images[..., 0]).reshape(6, -1).min(1)
     np.testing.assert_array_equal(bottom["stimulus_index"], np.argsort(mins)[:2])
-    fixed = vis.top_examples(tiny, images, "2", 0, k=6, unit=(2, 5), progress=False)
+    fixed = vis.top_examples(tiny, images, "2", 0, top_k=6, unit=(2, 5), progress=False)
     np.testing.assert_allclose(np.sort(fixed["activation"].values)[::-1], np.sort(acts[:, 2, 5])[::-1], rtol=1e-5)
     np.testing.assert_allclose(fixed["crop"][0], images[int(fixed["stimulus_index"][0]), 2:5, 5:8], atol=1e-6)
     precomputed = tiny.activations(images, "2", progress=False)
-    reused = vis.top_examples(tiny, images, "2", 0, k=3, activations=precomputed, progress=False)
+    reused = vis.top_examples(tiny, images, "2", 0, top_k=3, activations=precomputed, progress=False)
     np.testing.assert_array_equal(reused["crop"].values, top["crop"].values)
     with pytest.raises(ShapeMismatchError, match="layer '2'"):
-        vis.top_examples(tiny, images, "2", 0, k=3, activations=tiny.activations(images, "0", progress=False))
+        vis.top_examples(tiny, images, "2", 0, top_k=3, activations=tiny.activations(images, "0", progress=False))
     with pytest.raises(ShapeMismatchError, match="6 stimuli"):
-        vis.top_examples(tiny, images, "2", 0, k=3, activations=precomputed.isel(stimulus=slice(0, 5)))
+        vis.top_examples(tiny, images, "2", 0, top_k=3, activations=precomputed.isel(stimulus=slice(0, 5)))
     with pytest.raises(InvalidDataError, match="larger than"):
-        vis.top_examples(tiny, images, "2", 0, k=7, progress=False)
+        vis.top_examples(tiny, images, "2", 0, top_k=7, progress=False)
     with pytest.raises(UnknownNameError, match="channel"):
-        vis.top_examples(tiny, images, "2", 1, progress=False, k=2)
+        vis.top_examples(tiny, images, "2", 1, progress=False, top_k=2)
     with pytest.raises(InvalidDataError, match="outside"):
-        vis.top_examples(tiny, images, "2", 0, k=2, unit=(8, 0), progress=False)
+        vis.top_examples(tiny, images, "2", 0, top_k=2, unit=(8, 0), progress=False)
 
 
 def test_crop_pads_with_mean_colour_outside_image():
@@ -232,8 +232,8 @@ def test_maximize_bad_input(tiny):
 
 def test_deep_dream_pyramid_on_tiny_net(tiny):
     start = _images(1, size=12, seed=2)[0]
-    one = vis.deep_dream(tiny, "0", [0], image=start, octaves=1, steps_per_octave=20, lr=0.05, progress=False)
-    three = vis.deep_dream(tiny, "0", [0], image=start, octaves=3, octave_scale=1.5, steps_per_octave=20,
+    one = vis.deep_dream(tiny, "0", [0], stimuli=start, octaves=1, steps_per_octave=20, lr=0.05, progress=False)
+    three = vis.deep_dream(tiny, "0", [0], stimuli=start, octaves=3, octave_scale=1.5, steps_per_octave=20,
                            lr=0.05, progress=False)
     for dream in (one, three):
         img = dream["image"].values
@@ -242,7 +242,7 @@ def test_deep_dream_pyramid_on_tiny_net(tiny):
     assert three.attrs["pyramid_sizes"] == [5, 8, 12]
     np.testing.assert_array_equal(np.unique(three["octave"]), [1, 2, 3])
     assert three.sizes["step"] == 60 and one.sizes["step"] == 20
-    again = vis.deep_dream(tiny, "0", [0], image=start, octaves=3, octave_scale=1.5, steps_per_octave=20,
+    again = vis.deep_dream(tiny, "0", [0], stimuli=start, octaves=3, octave_scale=1.5, steps_per_octave=20,
                            lr=0.05, progress=False)
     np.testing.assert_array_equal(again["image"].values, three["image"].values)
     noise = vis.deep_dream(tiny, "0", octaves=1, steps_per_octave=2, seed=1, progress=False)
@@ -255,9 +255,9 @@ def test_deep_dream_bad_input(tiny):
     with pytest.raises(InvalidDataError, match="octave_scale"):
         vis.deep_dream(tiny, "0", octave_scale=1.0, progress=False)
     with pytest.raises(UnknownNameError, match="Channels"):
-        vis.deep_dream(tiny, "0", [3], image=_images(1)[0], progress=False)
+        vis.deep_dream(tiny, "0", [3], stimuli=_images(1)[0], progress=False)
     with pytest.raises(ShapeMismatchError, match="fewer octaves"):
-        vis.deep_dream(tiny, "2", image=_images(1, size=4)[0], octaves=3, octave_scale=2.0, progress=False)
+        vis.deep_dream(tiny, "2", stimuli=_images(1, size=4)[0], octaves=3, octave_scale=2.0, progress=False)
 
 
 # ------------------------------------------------------------- real weights
@@ -268,7 +268,7 @@ def faces92(stimuli92):
 
 def test_lite0_maximization_beats_dataset_top_example(lite0, faces92, capsys):
     layer, channel = "stage4", 7
-    top = vis.top_examples(lite0, faces92, layer, channel, k=1, progress=False)
+    top = vis.top_examples(lite0, faces92, layer, channel, top_k=1, progress=False)
     best_data = float(top["activation"][0])
     res = vis.maximize_activation(lite0, layer, channel, objective="max", steps=64, lr=0.1, progress=False, seed=0)
     synth = lite0.activations(res["image"].values[None], layer, progress=False)[0, channel]
@@ -304,9 +304,9 @@ def test_plots_return_figures(tiny):
     images = _images(4, size=10)
     figs = [
         vis.plot_filters(vis.first_layer_filters(tiny)),
-        vis.plot_top_examples(vis.top_examples(tiny, images, "2", 0, k=4, progress=False)),
+        vis.plot_top_examples(vis.top_examples(tiny, images, "2", 0, top_k=4, progress=False)),
         vis.plot_images([vis.maximize_activation(tiny, "0", 0, steps=2, size=8, progress=False),
-                         vis.deep_dream(tiny, "0", image=images[0], octaves=1, steps_per_octave=2, progress=False)]),
+                         vis.deep_dream(tiny, "0", stimuli=images[0], octaves=1, steps_per_octave=2, progress=False)]),
     ]
     assert [sum(bool(ax.get_images()) for ax in f.axes) for f in figs] == [2, 4, 2]
     for f in figs:

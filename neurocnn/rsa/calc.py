@@ -323,8 +323,8 @@ def _compute_one(act: _Activations, metric: str, noise, device, chunk_size, dtyp
 
 def compute_rdm(
     activations: xr.DataArray | np.ndarray | torch.Tensor | Mapping[str, Any],
-    metric: Metric = "correlation",
     *,
+    metric: Metric = "correlation",
     runs: Sequence[Any] | np.ndarray | None = None,
     noise: np.ndarray | None = None,
     stimulus_ids: Sequence[str] | None = None,
@@ -400,7 +400,7 @@ def compute_rdm(
     check_option("metric", metric, METRICS)
     if isinstance(activations, Mapping):
         return _stack_layers({
-            str(k): compute_rdm(v, metric, runs=runs, noise=noise, stimulus_ids=stimulus_ids,
+            str(k): compute_rdm(v, metric=metric, runs=runs, noise=noise, stimulus_ids=stimulus_ids,
                                 device=device, chunk_size=chunk_size, dtype=dtype)
             for k, v in activations.items()
         })
