@@ -18,6 +18,7 @@ __all__ = [
     "OverwriteError",
     "NoSelectiveUnitsError",
     "AnalysisFailedError",
+    "LayerMismatchError",
 ]
 
 
@@ -59,3 +60,7 @@ class NoSelectiveUnitsError(NeurocnnError, ValueError):
 
 class AnalysisFailedError(NeurocnnError, RuntimeError):
     """An analysis script (``analyses/*.py``) failed or left no result the paper needs."""
+
+
+class LayerMismatchError(NeurocnnError, ValueError):
+    """Units selected in one layer (or network, or level) are used for another."""
