@@ -3,12 +3,20 @@
 Two measures in one run: the face/house same/different pair task (readout fit on
 the intact network) and top-1 agreement with the intact network on the 92-image set
 (ground-truth ImageNet labels do not exist for those objects, so agreement with the
-intact network's own top-1 is the classification measure). Writes ``ko_sweeps.nc``
-and ``ko_sweeps.png``.
+intact network's own top-1 is the classification measure).
+
+Each sweep runs twice (dim ``bn``): with the BatchNorm statistics of the intact network
+(``fixed``, the plain Cheney et al. 2017 lesion) and with the statistics after each
+lesion re-estimated on held-out fLoc images of other categories (car, instrument,
+corridor; ``recalibrated``, :func:`neurocnn.lesions.knockout` ``recalibrate=``).
+Cheney, Schrimpf & Kreiman (2017) found AlexNet (no BN) robust to removing >70% of the
+weights into deep layers at random, and conv1 fragile. Writes ``ko_sweeps.nc``,
+``ko_sweeps.png`` and ``headline.json``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,8 +33,10 @@ from neurocnn import tasks  # noqa: E402
 
 SIZES = {  # (fractions, n_train, n_test, n_repeats, number of layers)
     "full": ((0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0), 800, 160, 2, 5),
-    "quick": ((0.0, 0.5, 1.0), 40, 24, 1, 2),
+    "quick": ((0.0, 0.5), 40, 24, 1, 2),
 }
+N_RECALIBRATION = {"full": 96, "quick": 8}
+RECALIBRATION_CATEGORIES = ("car", "instrument", "corridor")
 
 
 def _spread_layers(subject, n: int) -> list[str]:
@@ -49,18 +59,41 @@ def main(argv: list[str] | None = None) -> int:
     floc = nc.load_stimuli("floc")
     task = tasks.make_pair_task(floc, ("face", "house"), n_train=n_train, n_test=n_test, seed=args.seed)
     readout = tasks.fit_readout(subject, task, seed=args.seed, progress=args.progress)
-    pairs = tasks.ko_sweep(subject, task, layers, fractions, readout=readout, seed=args.seed, n_repeats=n_repeats, progress=args.progress)
     stim = nc.load_stimuli("92images")
     if args.quick:
         stim = stim.subset(range(0, 92, 4))
-    classification = tasks.ko_sweep(subject, stim, layers, fractions, seed=args.seed, n_repeats=n_repeats, progress=args.progress)
-    ds = xr.Dataset({"pair_accuracy": pairs, "top1_agreement": classification.drop_vars("layer_dotted")})
+    others = np.flatnonzero(np.isin(np.asarray(floc.metadata["category"]).astype(str), RECALIBRATION_CATEGORIES))
+    n_recal = N_RECALIBRATION["quick" if args.quick else "full"]
+    recal_stim = floc.subset(np.random.default_rng(args.seed).choice(others, n_recal, replace=False))
+    recal = subject.preprocess(recal_stim)
+    sweeps = {}
+    for bn, images in (("fixed", None), ("recalibrated", recal)):
+        pairs = tasks.ko_sweep(subject, task, layers, fractions, readout=readout, seed=args.seed, n_repeats=n_repeats,
+                               progress=args.progress, recalibrate=images)
+        classification = tasks.ko_sweep(subject, stim, layers, fractions, seed=args.seed, n_repeats=n_repeats,
+                                        progress=args.progress, recalibrate=images)
+        sweeps[bn] = xr.Dataset({"pair_accuracy": pairs.drop_vars("layer_dotted"), "top1_agreement": classification.drop_vars("layer_dotted")})
+    ds = xr.concat(list(sweeps.values()), dim=xr.DataArray(list(sweeps), dims="bn", name="bn"))
     ds.attrs = {"model": subject.name, "weights_sha256": subject.weights_id, "seed": args.seed,
-                "n_train_pairs": n_train, "n_test_pairs": n_test, "runtime_s": round(time.time() - t0, 1)}
+                "n_train_pairs": n_train, "n_test_pairs": n_test, "readout_training": "intact",
+                "recalibrate": f"bn=recalibrated: BatchNorm statistics after the lesion re-estimated on {n_recal} fLoc images "
+                               f"of {', '.join(RECALIBRATION_CATEGORIES)} (not in the task); bn=fixed: intact statistics",
+                "runtime_s": round(time.time() - t0, 1)}
     nc.io.save(ds, out / "ko_sweeps.nc", overwrite=args.overwrite)
-    fig = tasks.plot_sweep(ds, title=f"{subject.name}: node vs synapse knockout")
-    nc.plotting.save_figure(fig, out / "ko_sweeps.png", overwrite=args.overwrite)
-    print(ds.mean("repeat").to_dataframe().round(3).to_string())
+    figs = {bn: tasks.plot_sweep(ds.sel(bn=bn), title=f"{subject.name}: node vs synapse knockout, BN {bn}") for bn in sweeps}
+    nc.plotting.save_figure(figs["fixed"], out / "ko_sweeps.png", overwrite=args.overwrite)
+    nc.plotting.save_figure(figs["recalibrated"], out / "ko_sweeps_recalibrated.png", overwrite=args.overwrite)
+    mean = ds.mean("repeat")
+    headline = {"model": subject.name, "quick": bool(args.quick), "seed": args.seed, "layers": [str(v) for v in ds["layer"].values],
+                "fractions": [float(f) for f in ds["fraction"].values]}
+    for var in ("pair_accuracy", "top1_agreement"):
+        headline[var] = {bn: {kind: {str(layer): [round(float(v), 4) for v in mean[var].sel(bn=bn, kind=kind, layer=layer).values]
+                                     for layer in ds["layer"].values} for kind in ds["kind"].values} for bn in sweeps}
+    path = out / "headline.json"
+    if path.exists() and not args.overwrite:
+        raise nc.exceptions.OverwriteError(f"{path} exists; pass --overwrite to replace it.")
+    path.write_text(json.dumps(headline, indent=2))
+    print(mean.to_dataframe().round(3).to_string())
     print(f"{time.time() - t0:.0f} s")
     return 0
 
