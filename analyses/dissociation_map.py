@@ -139,8 +139,8 @@ def _fdr(ds: xr.Dataset) -> xr.Dataset:
         ok = np.isfinite(ds[p].values)
         if ok.any():
             q[ok] = scipy.stats.false_discovery_control(ds[p].values[ok])
-        ds[p.replace("p_", "q_")] = (ds[p].dims, q)
-    ds["significant"] = (ds["dod"].dims, ((ds["q_permutation"] <= ALPHA) & (ds["q_sham"] <= ALPHA) & (ds["dod"] > 0)).values.astype(np.int8))
+        ds[p.replace("p_", "p_fdr_")] = (ds[p].dims, q)
+    ds["significant"] = (ds["dod"].dims, ((ds["p_fdr_permutation"] <= ALPHA) & (ds["p_fdr_sham"] <= ALPHA) & (ds["dod"] > 0)).values.astype(np.int8))
     return ds
 
 
@@ -250,8 +250,8 @@ def _best(ds: xr.Dataset, step: str) -> dict:
     layer, value = str(cell["layer"].item()), cell[step].item()
     sub = ds.sel({"layer": layer, step: value})
     return {"layer": layer, step: float(value), "dod": float(sub["dod"]), "ci": [float(sub["dod_ci_low"]), float(sub["dod_ci_high"])],
-            "p_permutation": float(sub["p_permutation"]), "p_sham": float(sub["p_sham"]), "q_permutation": float(sub["q_permutation"]),
-            "q_sham": float(sub["q_sham"]), "significant": bool(sub["significant"]), "n_face": int(sub["n_face"]), "n_place": int(sub["n_place"]),
+            "p_permutation": float(sub["p_permutation"]), "p_sham": float(sub["p_sham"]), "p_fdr_permutation": float(sub["p_fdr_permutation"]),
+            "p_fdr_sham": float(sub["p_fdr_sham"]), "significant": bool(sub["significant"]), "n_face": int(sub["n_face"]), "n_place": int(sub["n_place"]),
             "n_significant_cells": int(ds["significant"].sum()), "n_cells": int(np.isfinite(ds["dod"].values).sum())}
 
 
