@@ -50,10 +50,12 @@ def _spread_layers(subject, n: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("ko_sweeps", __doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="*", default=None, help="layers to sweep (default: spread over default_layers)")
+    parser.add_argument("--fractions", nargs="*", type=float, default=None, help="fractions knocked out (default: by mode)")
     args = parser.parse_args(argv)
     out = output_dir(args)
     t0 = time.time()
     fractions, n_train, n_test, n_repeats, n_layers = SIZES["quick" if args.quick else "full"]
+    fractions = tuple(args.fractions) if args.fractions else fractions
     subject = make_subject(args)
     layers = args.layers or _spread_layers(subject, n_layers)
     floc = nc.load_stimuli("floc")

@@ -469,3 +469,14 @@ def test_two_recalibrating_lesions_exit_out_of_order(toy):
         torch.testing.assert_close(remaining[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
     b.__exit__(None, None, None)
     _assert_identical(subject, before)
+
+
+def test_matched_sham_lesion(tiny):
+    mean = np.array([5.0, 1.0, 4.9])
+    les = lesions.sham(tiny, "conv1", 1, matched_to=[0], mean_activation=mean, exclude=[], seed=0)
+    assert les.units.tolist() in ([1], [2]) and les.matched and les.kind == "sham_knockout"
+    assert lesions.sham(tiny, "conv1", 1, matched_to=[0], mean_activation=mean, seed=0, exclude=[1]).units.tolist() == [2]
+    with pytest.raises(InvalidDataError, match="as many units"):
+        lesions.sham(tiny, "conv1", 2, matched_to=[0], mean_activation=mean)
+    with pytest.raises(InvalidDataError, match="mean_activation"):
+        lesions.sham(tiny, "conv1", 1, matched_to=[0])
