@@ -5,10 +5,10 @@ the intact network) and top-1 agreement with the intact network on the 92-image 
 (ground-truth ImageNet labels do not exist for those objects, so agreement with the
 intact network's own top-1 is the classification measure).
 
-Each sweep runs twice (dim ``bn``): with the BatchNorm statistics of the intact network
+Each sweep runs twice: with the BatchNorm statistics of the intact network
 (``fixed``, the plain Cheney et al. 2017 lesion) and with the statistics after each
 lesion re-estimated on held-out fLoc images of other categories (car, instrument,
-corridor; ``recalibrated``, :func:`neurocnn.lesions.knockout` ``recalibrate=``).
+corridor; variables ``*_recalibrated``, :func:`neurocnn.lesions.knockout` ``recalibrate=``).
 Cheney, Schrimpf & Kreiman (2017) found AlexNet (no BN) robust to removing >70% of the
 weights into deep layers at random, and conv1 fragile. Writes ``ko_sweeps.nc``,
 ``ko_sweeps.png`` and ``headline.json``.
@@ -75,27 +75,29 @@ def main(argv: list[str] | None = None) -> int:
         classification = tasks.ko_sweep(subject, stim, layers, fractions, seed=args.seed, n_repeats=n_repeats,
                                         progress=args.progress, recalibrate=images)
         sweeps[bn] = xr.Dataset({"pair_accuracy": pairs.drop_vars("layer_dotted"), "top1_agreement": classification.drop_vars("layer_dotted")})
-    ds = xr.concat(list(sweeps.values()), dim=xr.DataArray(list(sweeps), dims="bn", name="bn"))
+    # fixed-BN variables keep their names (the paper reads them); recalibrated ones get a suffix
+    ds = xr.merge([sweeps["fixed"], sweeps["recalibrated"].rename({v: f"{v}_recalibrated" for v in sweeps["recalibrated"].data_vars})],
+                  combine_attrs="drop_conflicts")
     ds.attrs = {"model": subject.name, "weights_sha256": subject.weights_id, "seed": args.seed,
                 "n_train_pairs": n_train, "n_test_pairs": n_test, "readout_training": "intact",
-                "recalibrate": f"bn=recalibrated: BatchNorm statistics after the lesion re-estimated on {n_recal} fLoc images "
-                               f"of {', '.join(RECALIBRATION_CATEGORIES)} (not in the task); bn=fixed: intact statistics",
+                "recalibrate": f"*_recalibrated: BatchNorm statistics after the lesion re-estimated on {n_recal} fLoc images "
+                               f"of {', '.join(RECALIBRATION_CATEGORIES)} (not in the task); others: intact statistics",
                 "runtime_s": round(time.time() - t0, 1)}
     nc.io.save(ds, out / "ko_sweeps.nc", overwrite=args.overwrite)
-    figs = {bn: tasks.plot_sweep(ds.sel(bn=bn), title=f"{subject.name}: node vs synapse knockout, BN {bn}") for bn in sweeps}
+    figs = {bn: tasks.plot_sweep(sweeps[bn], title=f"{subject.name}: node vs synapse knockout, BN statistics {bn}") for bn in sweeps}
     nc.plotting.save_figure(figs["fixed"], out / "ko_sweeps.png", overwrite=args.overwrite)
     nc.plotting.save_figure(figs["recalibrated"], out / "ko_sweeps_recalibrated.png", overwrite=args.overwrite)
-    mean = ds.mean("repeat")
+    mean = {bn: sweeps[bn].mean("repeat") for bn in sweeps}
     headline = {"model": subject.name, "quick": bool(args.quick), "seed": args.seed, "layers": [str(v) for v in ds["layer"].values],
                 "fractions": [float(f) for f in ds["fraction"].values]}
     for var in ("pair_accuracy", "top1_agreement"):
-        headline[var] = {bn: {kind: {str(layer): [round(float(v), 4) for v in mean[var].sel(bn=bn, kind=kind, layer=layer).values]
+        headline[var] = {bn: {kind: {str(layer): [round(float(v), 4) for v in mean[bn][var].sel(kind=kind, layer=layer).values]
                                      for layer in ds["layer"].values} for kind in ds["kind"].values} for bn in sweeps}
     path = out / "headline.json"
     if path.exists() and not args.overwrite:
         raise nc.exceptions.OverwriteError(f"{path} exists; pass --overwrite to replace it.")
     path.write_text(json.dumps(headline, indent=2))
-    print(mean.to_dataframe().round(3).to_string())
+    print(ds.mean("repeat").to_dataframe().round(3).to_string())
     print(f"{time.time() - t0:.0f} s")
     return 0
 

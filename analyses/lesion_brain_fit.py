@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         row["p_sham_face_block_lower"] = float((1 + np.sum(sham_block <= d_block)) / (1 + sham_block.size))
         headline[layer_name] = row
     ds.attrs = {"model": subject.name, "weights_sha256": subject.weights_id, "lesion_layer": layer, "seed": args.seed,
+                "lesion_alias": subject.alias_of(layer) or layer,
                 "n_units": n, "size_fraction": SIZE, "n_sham": n_sham, "method": "tau_a", "rdm_metric": "correlation",
                 "bootstrap": "over stimuli and subjects", "n_bootstrap": cfg["n_bootstrap"], "brain": "human IT fMRI, 4 subjects (sessions averaged)",
                 "sham": "knockout of random channels matched on mean localizer activation to the face units",
@@ -177,7 +178,7 @@ def _plot(ds: xr.Dataset, sham: list[str]):
     axes[1].set_xticks(np.arange(len(blocks)), blocks)
     axes[1].set_ylabel(f"change in block structure ({last})")
     axes[1].legend(fontsize=7)
-    fig.suptitle(f"{ds.attrs['model']}: knockout at {ds.attrs['lesion_layer']} ({ds.attrs['n_units']} channels)", fontsize=9)
+    fig.suptitle(f"{ds.attrs['model']}: knockout at {ds.attrs['lesion_alias']} ({ds.attrs['n_units']} channels)", fontsize=9)
     fig.tight_layout()
     return fig
 
