@@ -231,7 +231,7 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         "sham": "random units matched one-to-one on mean localizer activation, excluding face and place units",
         "size_definition": "size = fraction of the layer's channels (units); 0 = a single channel (unit)",
         "tms_size": TMS_SIZE, "tms_sd": "channel activation SD over localizer images and positions",
-        "n_perm": cfg["n_perm"], "n_boot": cfg["n_boot"], "fdr_alpha": ALPHA,
+        "n_perm": cfg["n_perm"], "n_boot": cfg["n_boot"], "fdr_alpha": ALPHA, "n_test_pairs": cfg["n_test"],
         "significant": "BH q (permutation) <= alpha and BH q (sham) <= alpha and DoD > 0, BH over the cells of one map",
         "dod_definition": "DoD = [acc_placeKO(face) - acc_faceKO(face)] - [acc_placeKO(house) - acc_faceKO(house)]",
         "intact_face_accuracy": float(intact["accuracy"].sel(category="face")),
@@ -291,10 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(model=None)
     parser.add_argument("--readout-layer", default=None, help="readout layer (default: the penultimate default layer)")
     parser.add_argument("--n-sham", type=int, default=None, help="matched sham draws per cell")
+    parser.add_argument("--layers", type=int, default=None, help="only the deepest N lesion layers (default: by mode)")
+    parser.add_argument("--sizes", nargs="*", type=float, default=None, help="lesion sizes as fractions (0 = one unit)")
+    parser.add_argument("--n-test", type=int, default=None, help="test pairs (default: by mode)")
+    parser.add_argument("--n-train", type=int, default=None, help="training pairs (default: by mode)")
+    parser.add_argument("--localizer-fraction", type=float, default=None, help="fLoc fraction used for selection")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     out = output_dir(args)
-    cfg = SETTINGS["quick" if args.quick else "full"]
+    cfg = dict(SETTINGS["quick" if args.quick else "full"])
+    overrides = {"n_layers": args.layers, "sizes": tuple(args.sizes) if args.sizes else None, "n_test": args.n_test,
+                 "n_train": args.n_train, "frac": args.localizer_fraction}
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
     models = [args.model] if args.model else available_models()
     all_maps, headline = {}, {"models": models, "quick": bool(args.quick), "seed": args.seed, "best_cells": {}}
     for name in models:
