@@ -714,11 +714,8 @@ def tms(
         over images and positions; per unit: over images).
     seed : int
     batch_size : int
-    recalibrate : StimulusSet, str, torch.Tensor or None
-        Held-out images on which the running statistics of the BatchNorm modules that
-        run after the lesion are re-estimated while it is active (a tensor is taken as
-        preprocessed network input). ``None`` (default): BN keeps the intact statistics.
-        Recorded in :meth:`Lesion.attrs`.
+    recalibrate : optional
+        As in :func:`knockout` (BatchNorm statistics re-estimated on held-out images).
 
     Raises
     ------
@@ -855,11 +852,8 @@ def synapse_knockout(
     include_bias : bool
         Also make the biases (of the same rows) candidates.
     seed : int
-    recalibrate : StimulusSet, str, torch.Tensor or None
-        Held-out images on which the running statistics of the BatchNorm modules that
-        run after the lesion are re-estimated while it is active (a tensor is taken as
-        preprocessed network input). ``None`` (default): BN keeps the intact statistics.
-        Recorded in :meth:`Lesion.attrs`.
+    recalibrate : optional
+        As in :func:`knockout` (BatchNorm statistics re-estimated on held-out images).
         For a synapse knockout, the BN modules after the first knocked-out convolution
         (e.g. the BN right after it inside a block) are recalibrated.
     batch_size : int
