@@ -43,6 +43,30 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def available_models() -> list[str]:
+    """Registered architectures whose real (pretrained) weights are available locally, in registry order.
+
+    A registry query (``neurocnn.models.list_models`` + the weights each spec names,
+    looked up without touching the network), so networks another branch registers
+    are picked up without changing the analyses.
+    """
+    from neurocnn import datasets
+    from neurocnn.exceptions import NeurocnnError
+    from neurocnn.models import get_spec, list_models
+
+    names = []
+    for name in list_models():
+        weights = get_spec(name).weights
+        if not weights:
+            continue
+        try:
+            datasets.fetch(weights, download=False)
+        except (NeurocnnError, OSError):
+            continue
+        names.append(name)
+    return names or ["efficientnet_lite0"]
+
+
 def make_subject(args: argparse.Namespace) -> VirtualSubject:
     """Return the subject ``--model``/``--weights`` ask for (recorded in every result's attrs)."""
     return VirtualSubject(args.model, weights=args.weights)

@@ -71,7 +71,7 @@ def headline(folder: Path) -> dict[str, str]:
             f"tms_{key}_p_perm": fmt_p(r["p_permutation"]),
             f"tms_{key}_p_logit": fmt_p(r["p_logit"]),
         })
-    values["tms_n_perm"] = fmt_int(inter.attrs["n_perm"])
+    values["tms_n_perm"] = fmt_int(inter.attrs["n_permutations"])
     values["tms_ci"] = fmt(100 * float(ds.attrs["ci"]), 0)
     return values
 
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_channels": size, "selection": method, "q": args.q, "tms_amplitude": args.amplitude, "localizer_fraction": frac,
         "n_localizer_images": len(localizer), "seed": args.seed, "runtime_s": round(time.time() - t0, 1),
     }
-    inter = tasks.interaction_test(results["face KO"], results["place KO"], n_perm=n_perm, seed=args.seed)
-    inter_tms = tasks.interaction_test(results["face TMS"], results["place TMS"], n_perm=n_perm, seed=args.seed)
+    inter = tasks.interaction_test(results["face KO"], results["place KO"], n_permutations=n_perm, seed=args.seed)
+    inter_tms = tasks.interaction_test(results["face TMS"], results["place TMS"], n_permutations=n_perm, seed=args.seed)
     named = [r.assign_coords(lesion=["A: face units", "B: place units"]) for r in (inter, inter_tms)]
     both = xr.concat(named, dim=xr.DataArray(["knockout", "tms"], dims="manipulation", name="manipulation"))
     selectivity = xr.concat([sel["face"], sel["place"]], dim=xr.DataArray(["face", "place"], dims="target", name="target"))

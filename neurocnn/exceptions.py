@@ -32,6 +32,7 @@ __all__ = [
     "NotWritableError",
     "DeviceError",
     "foreign_errors",
+    "LayerMismatchError",
 ]
 
 
@@ -115,6 +116,10 @@ class NotWritableError(NeurocnnError, PermissionError):
 
 class DeviceError(NeurocnnError, RuntimeError):
     """The requested compute device (e.g. ``"cuda"``) is not available on this machine."""
+
+
+class LayerMismatchError(NeurocnnError, ValueError):
+    """Units selected in one layer (or network, or level) are used for another."""
 
 
 def _plain(text: object) -> str:

@@ -13,10 +13,19 @@ Lesions (Cheney, Schrimpf & Kreiman 2017) are reversible context managers:
   to 0 and restored bit-identically from a saved clone on exit;
 - :func:`tms`: Gaussian noise added to chosen units, its SD ``amplitude`` times the
   units' activation SD (a model of TMS interference, Pitcher et al. 2009);
-- :func:`sham`: a knockout of as many random units of the same layer.
+- :func:`sham`: a knockout of as many random units of the same layer (optionally
+  matched on the lesioned units' mean activation, :func:`matched_random_units`).
 
-``with`` blocks nest; hooks are removed in ``finally``; :func:`lesioned_copy` returns
-a new subject with the lesion applied permanently instead.
+``with`` blocks nest and may be left in any order: each lesion undoes only its own
+change (weights are recomputed from one pristine copy and the lesions still active).
+Hooks are removed in ``finally``; :func:`lesioned_copy` returns a new subject with the
+lesion applied permanently instead.
+
+BatchNorm-aware lesions: ``recalibrate=images`` re-estimates the running statistics
+of the BatchNorm modules that run after the lesion on those (held-out) images, while
+the lesion is active; leaving restores the original statistics bit-identically.
+A selection from :func:`select_units` carries its network, layer, level and layer
+size; a lesion refuses it for another layer (:class:`~neurocnn.exceptions.LayerMismatchError`).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from . import _lesion_state as _state
 from ._validation import (
     check_finite,
     check_fraction,
@@ -52,6 +62,7 @@ __all__ = [
     "split_localizer",
     "layer_size",
     "random_units",
+    "matched_random_units",
     "Lesion",
     "knockout",
     "synapse_knockout",
@@ -423,15 +434,28 @@ class Lesion:
 
     kind = "lesion"
 
-    def __init__(self, subject: VirtualSubject, layer: str, seed: int = 0) -> None:
+    def __init__(self, subject: VirtualSubject, layer: str, seed: int = 0, recalibrate: Any = None,
+                 batch_size: int = 32) -> None:
         self.subject = subject
         self.layer = subject.resolve_layer(layer)
         self.seed = check_seed(seed)
         self._active = False
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.recalibration_images, self._recalibration_name = _state.recalibration_images(subject, recalibrate)
 
     def attrs(self) -> dict[str, Any]:
         """Description of the lesion for result attrs (str/int/float values only)."""
-        return {"lesion": self.kind, "lesion_layer": self.layer, "lesion_seed": self.seed}
+        recal = self.recalibration_images
+        return {
+            "lesion": self.kind, "lesion_layer": self.layer, "lesion_seed": self.seed,
+            "lesion_recalibrate": "none" if recal is None else "batchnorm statistics after the lesion",
+            "lesion_recalibrate_n_images": 0 if recal is None else int(recal.shape[0]),
+            "lesion_recalibrate_stimuli": self._recalibration_name,
+        }
+
+    def _anchor(self) -> nn.Module:
+        """The module after whose output the lesion takes effect (BN modules after it are recalibrated)."""
+        return self.subject.module(self.layer)
 
     def _apply(self) -> None:
         raise NotImplementedError
@@ -445,6 +469,12 @@ class Lesion:
         self._apply()
         self._active = True
         self.subject.lesions.append(self)  # the subject's record of its active lesions (provenance)
+        if self.recalibration_images is not None:
+            try:
+                _state.refresh_batchnorm(self.subject.model, [les for les in self.subject.lesions if les.recalibration_images is not None])
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -454,6 +484,8 @@ class Lesion:
             self._active = False
             if self in self.subject.lesions:
                 self.subject.lesions.remove(self)
+            if self.recalibration_images is not None:
+                _state.refresh_batchnorm(self.subject.model, [les for les in self.subject.lesions if les.recalibration_images is not None])
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.layer!r} active={self._active}>"
@@ -462,11 +494,14 @@ class Lesion:
 class _HookLesion(Lesion):
     """A lesion acting on a layer's output through a forward hook."""
 
-    def __init__(self, subject: VirtualSubject, layer: str, units: Any, level: Level, seed: int) -> None:
-        super().__init__(subject, layer, seed)
+    def __init__(self, subject: VirtualSubject, layer: str, units: Any, level: Level, seed: int,
+                 recalibrate: Any = None, batch_size: int = 32) -> None:
+        super().__init__(subject, layer, seed, recalibrate, batch_size)
         check_option("level", level, _LEVELS)
         self.level = level
-        self.units = _check_units(units, layer_size(subject, layer, level), "units" if level == "unit" else "channels")
+        size = layer_size(subject, layer, level)
+        _state.check_selection(units, subject, self.layer, level, size)
+        self.units = _check_units(units, size, "units" if level == "unit" else "channels")
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def attrs(self) -> dict[str, Any]:
@@ -509,8 +544,9 @@ class _Sham(_Knockout):
 class _TMS(_HookLesion):
     kind = "tms"
 
-    def __init__(self, subject, layer, units, level, seed, amplitude: float, sd: np.ndarray) -> None:
-        super().__init__(subject, layer, units, level, seed)
+    def __init__(self, subject, layer, units, level, seed, amplitude: float, sd: np.ndarray, recalibrate: Any = None,
+                 batch_size: int = 32) -> None:
+        super().__init__(subject, layer, units, level, seed, recalibrate, batch_size)
         self.amplitude = amplitude
         self.sd = sd
         self._generator: torch.Generator | None = None
@@ -529,7 +565,8 @@ class _TMS(_HookLesion):
         return values + noise * scale
 
 
-def knockout(subject: VirtualSubject, layer: str, units: Any, *, level: Level = "channel") -> Lesion:
+def knockout(subject: VirtualSubject, layer: str, units: Any, *, level: Level = "channel", recalibrate: Any = None,
+             batch_size: int = 32) -> Lesion:
     """Node knockout: force the output of chosen channels (or units) of ``layer`` to 0.
 
     Parameters
@@ -541,6 +578,13 @@ def knockout(subject: VirtualSubject, layer: str, units: Any, *, level: Level = 
         Channel indices (``level="channel"``) or flat unit indices (``level="unit"``,
         C-order over the layer output without the batch dim), e.g. from :func:`select_units`.
     level : {"channel", "unit"}
+    recalibrate : StimulusSet, str, torch.Tensor or None
+        Held-out images on which the running statistics of the BatchNorm modules that
+        run after the lesion are re-estimated while it is active (a tensor is taken as
+        preprocessed network input). ``None`` (default): BN keeps the intact statistics.
+        Recorded in :meth:`Lesion.attrs`.
+    batch_size : int
+        Batch size of the recalibration passes.
 
     Returns
     -------
@@ -551,24 +595,95 @@ def knockout(subject: VirtualSubject, layer: str, units: Any, *, level: Level = 
     ------
     InvalidDataError
         Indices out of range, repeated or not integers.
+    LayerMismatchError
+        ``units`` from :func:`select_units` on another layer, network or level.
 
     Examples
     --------
     >>> with knockout(subject, "conv3", [3, 17]):  # doctest: +SKIP
     ...     acts = subject.activations(stim, "fc7")
     """
-    return _Knockout(subject, layer, units, level, 0)
+    return _Knockout(subject, layer, units, level, 0, recalibrate, batch_size)
 
 
 def sham(
-    subject: VirtualSubject, layer: str, n: int, *, exclude: Any = (), level: Level = "channel", seed: int = 0
+    subject: VirtualSubject, layer: str, n: int, *, exclude: Any = (), level: Level = "channel", seed: int = 0,
+    matched_to: Any = None, mean_activation: Any = None, recalibrate: Any = None, batch_size: int = 32,
 ) -> Lesion:
     """Sham control: knock out ``n`` random channels/units of ``layer`` not in ``exclude``.
 
     Use the same ``n`` as the real lesion and exclude its units (:func:`random_units`).
+    With ``matched_to`` (the real lesion's units) and ``mean_activation`` (every
+    unit's mean activation on the localizer), the random units are matched on mean
+    activation (:func:`matched_random_units`) and ``n`` must equal their number.
     """
-    units = random_units(n, layer_size(subject, layer, level), exclude=exclude, seed=seed)
-    return _Sham(subject, layer, units, level, seed)
+    size = layer_size(subject, layer, level)
+    _state.check_selection(exclude, subject, subject.resolve_layer(layer), level, size)
+    if matched_to is None:
+        units = random_units(n, size, exclude=exclude, seed=seed)
+    else:
+        _state.check_selection(matched_to, subject, subject.resolve_layer(layer), level, size)
+        target = _check_units(matched_to, size, "matched_to units")
+        if int(n) != target.size:
+            raise InvalidDataError(f"n={n} but matched_to has {target.size} units; a matched sham has as many units as the lesion.")
+        if mean_activation is None:
+            raise InvalidDataError("matched_to needs mean_activation (the mean activation of every unit of the layer).")
+        units = matched_random_units(target, mean_activation, exclude=exclude, seed=seed)
+    les = _Sham(subject, layer, units, level, seed, recalibrate, batch_size)
+    les.matched = matched_to is not None
+    return les
+
+
+def matched_random_units(
+    units: Any, mean_activation: Any, *, exclude: Any = (), seed: int = 0, n_neighbours: int | None = None
+) -> np.ndarray:
+    """Random units matched one-to-one on mean activation to ``units`` (a sham null that is not only count-matched).
+
+    The pool is every unit not in ``units`` or ``exclude``. For each unit of ``units``
+    (in random order) one pool unit is drawn uniformly among the ``n_neighbours`` still
+    unused pool units closest to it in mean activation, so the sham set's activation
+    distribution follows the lesion's.
+
+    Parameters
+    ----------
+    units : sequence of int
+        The real lesion's units.
+    mean_activation : array, shape (layer_size,)
+        Mean activation of every unit (e.g. ``mean_target``/``mean_against`` average
+        of :func:`selectivity`, or the mean over localizer images).
+    exclude : sequence of int
+        Units never drawn (e.g. the other selective set).
+    seed : int
+    n_neighbours : int, optional
+        Candidates per unit; default ``max(3, 5% of the pool)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted indices, as many as ``units``.
+
+    Raises
+    ------
+    InvalidDataError
+        Non-finite activations, a wrong length, or a pool smaller than ``units``.
+    """
+    mean = check_finite("mean_activation", np.asarray(mean_activation, dtype=np.float64).ravel())
+    target = _check_units(units, mean.size, "units")
+    excluded = _check_units(np.unique(np.asarray(exclude, dtype=np.int64)), mean.size, "excluded units")
+    pool = np.setdiff1d(np.arange(mean.size), np.union1d(target, excluded))
+    if pool.size < target.size:
+        raise InvalidDataError(f"Cannot match {target.size} units from a pool of {pool.size} (layer of {mean.size}, {excluded.size} excluded).")
+    k = check_positive_int("n_neighbours", n_neighbours) if n_neighbours is not None else max(3, round(0.05 * pool.size))
+    rng = np.random.default_rng(seed)
+    free = np.ones(pool.size, dtype=bool)
+    chosen = []
+    for u in rng.permutation(target):
+        cand = np.flatnonzero(free)
+        near = cand[np.argsort(np.abs(mean[pool[cand]] - mean[u]), kind="stable")[:k]]
+        pick = rng.choice(near)
+        free[pick] = False
+        chosen.append(pool[pick])
+    return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
 def tms(
@@ -582,6 +697,7 @@ def tms(
     level: Level = "channel",
     seed: int = 0,
     batch_size: int = 32,
+    recalibrate: Any = None,
 ) -> Lesion:
     """Virtual TMS: add Gaussian noise to chosen units' activations.
 
@@ -602,17 +718,22 @@ def tms(
         over images and positions; per unit: over images).
     seed : int
     batch_size : int
+    recalibrate : optional
+        As in :func:`knockout` (BatchNorm statistics re-estimated on held-out images).
 
     Raises
     ------
     InvalidDataError
         Negative/non-finite amplitude, neither or both of ``sd`` and ``stimuli``, bad ``sd`` length.
+    LayerMismatchError
+        ``units`` from :func:`select_units` on another layer, network or level.
     """
     amplitude = float(amplitude)
     if not np.isfinite(amplitude) or amplitude < 0:
         raise InvalidDataError(f"amplitude must be a finite number >= 0, got {amplitude}.")
     check_option("level", level, _LEVELS)
     size = layer_size(subject, layer, level)
+    _state.check_selection(units, subject, subject.resolve_layer(layer), level, size)
     if (sd is None) == (stimuli is None):
         raise InvalidDataError("Give exactly one of sd (activation SD per unit) or stimuli (to estimate it).")
     if sd is None:
@@ -620,7 +741,7 @@ def tms(
     sd = check_finite("sd", np.asarray(sd, dtype=np.float64))
     if sd.shape != (size,):
         raise InvalidDataError(f"sd has shape {sd.shape}; the layer has {size} {level}s.")
-    return _TMS(subject, layer, units, level, seed, amplitude, sd)
+    return _TMS(subject, layer, units, level, seed, amplitude, sd, recalibrate, batch_size)
 
 
 def activation_sd(activations: xr.DataArray, level: Level = "channel") -> np.ndarray:
@@ -637,8 +758,9 @@ def activation_sd(activations: xr.DataArray, level: Level = "channel") -> np.nda
 class _SynapseKnockout(Lesion):
     kind = "synapse_knockout"
 
-    def __init__(self, subject, layer, fraction: float, units: Any, include_bias: bool, seed: int) -> None:
-        super().__init__(subject, layer, seed)
+    def __init__(self, subject, layer, fraction: float, units: Any, include_bias: bool, seed: int,
+                 recalibrate: Any = None, batch_size: int = 32) -> None:
+        super().__init__(subject, layer, seed, recalibrate, batch_size)
         self.fraction = check_fraction("fraction", fraction)
         self.include_bias = bool(include_bias)
         module = subject.module(layer)
@@ -648,7 +770,9 @@ class _SynapseKnockout(Lesion):
         rows: np.ndarray | None = None
         if units is not None:
             targets = targets[-1:]
+            _state.check_selection(units, subject, self.layer, "channel", targets[0].weight.shape[0])
             rows = _check_units(units, targets[0].weight.shape[0], "output channels")
+        self._targets = targets
         self.units = rows
         self.params: list[torch.Tensor] = []
         for m in targets:
@@ -658,7 +782,6 @@ class _SynapseKnockout(Lesion):
         self._candidates = [self._rows(p, rows) for p in self.params]
         self.n_candidates = int(sum(c.numel() for c in self._candidates))
         self.n_zeroed = int(round(self.fraction * self.n_candidates))
-        self._saved: list[torch.Tensor] = []
 
     @staticmethod
     def _rows(param: torch.Tensor, rows: np.ndarray | None) -> torch.Tensor:
@@ -675,28 +798,28 @@ class _SynapseKnockout(Lesion):
             "lesion_units": "all" if self.units is None else ",".join(map(str, self.units.tolist())),
         }
 
+    def _anchor(self) -> nn.Module:
+        return self._targets[0]
+
     def _apply(self) -> None:
         generator = torch_generator(self.seed)
         chosen = torch.randperm(self.n_candidates, generator=generator)[: self.n_zeroed]
         mask = torch.zeros(self.n_candidates, dtype=torch.bool)
         mask[chosen] = True
-        self._saved = [p.detach().clone() for p in self.params]
         try:
             start = 0
-            with torch.no_grad():
-                for param, cand in zip(self.params, self._candidates):
-                    hit = cand[mask[start : start + cand.numel()]]
-                    param.view(-1)[hit.to(param.device)] = 0
-                    start += cand.numel()
+            for param, cand in zip(self.params, self._candidates):
+                _state.zero_weights(param, self, cand[mask[start : start + cand.numel()]])
+                start += cand.numel()
         except BaseException:
             self._remove()
             raise
 
     def _remove(self) -> None:
-        with torch.no_grad():
-            for param, saved in zip(self.params, self._saved):
-                param.copy_(saved)
-        self._saved = []
+        # Each parameter is recomputed from its pristine copy and the lesions still
+        # active, so contexts on the same weights can be left in any order.
+        for param in self.params:
+            _state.release_weights(param, self)
 
 
 def synapse_knockout(
@@ -707,6 +830,8 @@ def synapse_knockout(
     units: Any = None,
     include_bias: bool = False,
     seed: int = 0,
+    recalibrate: Any = None,
+    batch_size: int = 32,
 ) -> Lesion:
     """Synapse knockout: set a random fraction of the weights into ``layer`` to 0.
 
@@ -715,8 +840,10 @@ def synapse_knockout(
     block), pooled. With ``units``, only the weights into those output channels of the
     last such module (the one writing the layer's channels) are candidates. Exactly
     ``round(fraction * n_candidates)`` weights, drawn uniformly with a generator seeded
-    by ``seed``, are zeroed on entry; all parameters are restored bit-identically from
-    saved clones on exit (also after an exception).
+    by ``seed``, are zeroed on entry. On exit each parameter is recomputed from its
+    pristine copy and the synapse knockouts still active (so overlapping knockouts may
+    be left in any order); when none is left it is bit-identical to the original (also
+    after an exception).
 
     Parameters
     ----------
@@ -729,13 +856,21 @@ def synapse_knockout(
     include_bias : bool
         Also make the biases (of the same rows) candidates.
     seed : int
+    recalibrate : optional
+        As in :func:`knockout` (BatchNorm statistics re-estimated on held-out images).
+        For a synapse knockout, the BN modules after the first knocked-out convolution
+        (e.g. the BN right after it inside a block) are recalibrated.
+    batch_size : int
+        Batch size of the recalibration passes.
 
     Raises
     ------
     InvalidDataError
         Fraction outside [0, 1], units out of range, a layer without weights.
+    LayerMismatchError
+        ``units`` from :func:`select_units` on another layer, network or level.
     """
-    return _SynapseKnockout(subject, layer, fraction, units, include_bias, seed)
+    return _SynapseKnockout(subject, layer, fraction, units, include_bias, seed, recalibrate, batch_size)
 
 
 def _tms_copy(subject: VirtualSubject, layer: str, units: Any, **kwargs: Any) -> Lesion:

@@ -311,11 +311,23 @@ class Readout:
     seed: int
     _engine: _Engine = field(repr=False)
     _test_views: np.ndarray = field(repr=False)
+    _train_engine: _Engine | None = field(default=None, repr=False)
+    _train_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def attrs(self) -> dict[str, Any]:
         """Readout description for result attrs."""
         return {"readout_layer": self.layer, "readout_C": self.C, "readout_train_accuracy": self.train_accuracy,
                 "readout_features": "|f(a)-f(b)|, f(a)*f(b) of L2-normalized spatial means", "readout_seed": self.seed}
+
+    def retrained(self, subject: VirtualSubject) -> Any:
+        """A classifier with the same C fit again on the training pairs under the lesions active on ``subject``.
+
+        Models compensation (relearning after the lesion) rather than a fixed readout.
+        """
+        if self._train_engine is None or self._train_pairs is None:
+            raise InvalidDataError("This readout does not keep its training features; fit it again with fit_readout().")
+        a, b, y = self._train_pairs
+        return _classifier(self.C).fit(_pair_features(self._train_engine.outputs(subject), a, b), y)
 
 
 def _readout_layer(subject: VirtualSubject) -> str:
@@ -380,12 +392,12 @@ def fit_readout(
     engine = _Engine(subject, _preprocessed_views(subject, task, test_views, batch_size, progress), layer, batch_size, progress)
     return Readout(
         layer=layer, classifier=clf, train_accuracy=float(clf.score(x, y)), C=best, seed=int(seed),
-        _engine=engine, _test_views=test_views,
+        _engine=engine, _test_views=test_views, _train_engine=train_engine, _train_pairs=(*lookup, y),
     )
 
 
-def _bootstrap_ci(correct: np.ndarray, n_boot: int, ci: float, rng: np.random.Generator) -> tuple[float, float]:
-    draws = rng.integers(0, correct.size, (n_boot, correct.size))
+def _bootstrap_ci(correct: np.ndarray, n_bootstrap: int, ci: float, rng: np.random.Generator) -> tuple[float, float]:
+    draws = rng.integers(0, correct.size, (n_bootstrap, correct.size))
     means = correct[draws].mean(1)
     return float(np.quantile(means, (1 - ci) / 2)), float(np.quantile(means, 1 - (1 - ci) / 2))
 
@@ -396,9 +408,10 @@ def evaluate(
     readout: Readout,
     lesion: Lesion | None = None,
     *,
-    n_boot: int = 2000,
+    n_bootstrap: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
+    readout_training: Literal["intact", "retrained"] = "intact",
 ) -> xr.Dataset:
     """Accuracy of the readout on the test pairs, under ``lesion`` and any lesion already active.
 
@@ -411,45 +424,56 @@ def evaluate(
     lesion : Lesion, optional
         Entered for this evaluation (``evaluate(s, t, r, knockout(s, "conv3", units))``);
         lesions entered around the call with ``with`` count too.
-    n_boot : int
+    n_bootstrap : int
         Bootstrap resamples of test pairs (within category) for the CIs.
     ci : float
         Confidence level.
     seed : int
         Bootstrap seed.
+    readout_training : {"intact", "retrained"}
+        ``"intact"`` (default): the readout fit on the intact network; ``"retrained"``:
+        fit again (same C) on the training pairs under the lesion (compensation).
 
     Returns
     -------
     xarray.Dataset
-        ``accuracy``, ``ci_low``, ``ci_high``, ``n_pairs`` over ``category``; per test
-        pair ``correct`` and ``same`` with a ``pair_category`` coord; attrs: lesion,
-        readout, task, seed, overall accuracy.
+        ``accuracy``, ``ci_low``, ``ci_high``, ``n_pairs`` and readout ``d_prime``
+        (decision values of same vs different pairs: (m_same - m_diff) / sqrt of the
+        mean of their variances) over ``category``; per test pair ``correct``, ``same``
+        and ``decision`` with a ``pair_category`` coord; attrs: lesion, readout
+        (``readout_training``), task, seed, overall accuracy.
 
     Raises
     ------
     InvalidDataError
         The subject's weights changed outside neurocnn lesions since the readout was fit.
     """
-    n_boot = check_positive_int("n_boot", n_boot)
+    n_bootstrap = check_positive_int("n_bootstrap", n_bootstrap)
     ci = check_fraction("ci", ci)
+    check_option("readout_training", readout_training, _READOUT_TRAINING)
     if lesion is not None:
         with lesion:
-            return evaluate(subject, task, readout, n_boot=n_boot, ci=ci, seed=seed)
+            return evaluate(subject, task, readout, n_bootstrap=n_bootstrap, ci=ci, seed=seed, readout_training=readout_training)
     lesions = active_lesions(subject)
     f = readout._engine.outputs(subject)
     test = task.pairs.isel(pair=np.flatnonzero(task.pairs["split"].values == "test"))
     a = np.searchsorted(readout._test_views, test["view_a"].values)
     b = np.searchsorted(readout._test_views, test["view_b"].values)
-    pred = readout.classifier.predict(_pair_features(f, a, b))
+    classifier = _READOUT_TRAINING[readout_training](readout, subject, lesions)
+    x = _pair_features(f, a, b)
+    pred = classifier.predict(x)
+    decision = classifier.decision_function(x)
     correct = (pred == test["same"].values).astype(np.int64)
     rng = numpy_rng(seed)
     cats = task.categories
     category = test["category"].values
-    acc, lo, hi, n = [], [], [], []
+    acc, lo, hi, n, dprime = [], [], [], [], []
+    same = test["same"].values.astype(bool)
     for cat in cats:
         c = correct[category == cat]
+        dprime.append(_d_prime(decision[(category == cat) & same], decision[(category == cat) & ~same]))
         acc.append(float(c.mean()))
-        low, high = _bootstrap_ci(c, n_boot, ci, rng)
+        low, high = _bootstrap_ci(c, n_bootstrap, ci, rng)
         lo.append(low)
         hi.append(high)
         n.append(int(c.size))
@@ -459,15 +483,35 @@ def evaluate(
     return xr.Dataset(
         {
             "accuracy": ("category", acc), "ci_low": ("category", lo), "ci_high": ("category", hi),
-            "n_pairs": ("category", n), "correct": ("pair", correct), "same": ("pair", test["same"].values),
+            "n_pairs": ("category", n), "d_prime": ("category", dprime),
+            "correct": ("pair", correct), "same": ("pair", test["same"].values), "decision": ("pair", decision),
         },
         coords={"category": cats, "pair": test["pair"].values, "pair_category": ("pair", category)},
         attrs={
             **{k: v for k, v in subject.provenance(readout.layer).items() if k in ("model", "weights_sha256", "preprocessing", "neurocnn_version")},
-            **readout.attrs(), **task.attrs(), **lesion_attrs,
-            "overall_accuracy": float(correct.mean()), "seed": int(seed), "n_boot": n_boot, "ci": ci,
+            **readout.attrs(), **task.attrs(), **lesion_attrs, "readout_training": readout_training,
+            "overall_accuracy": float(correct.mean()), "seed": int(seed), "n_bootstrap": n_bootstrap, "ci": ci,
         },
     )
+
+
+def _d_prime(same: np.ndarray, diff: np.ndarray) -> float:
+    """(mean_same - mean_diff) / sqrt((var_same + var_diff) / 2); NaN when undefined."""
+    if same.size < 2 or diff.size < 2:
+        return float("nan")
+    pooled = np.sqrt((same.var(ddof=1) + diff.var(ddof=1)) / 2)
+    return float((same.mean() - diff.mean()) / pooled) if pooled > 0 else float("nan")
+
+
+def _intact_classifier(readout: Readout, subject: VirtualSubject, lesions: list[Lesion]) -> Any:
+    return readout.classifier
+
+
+def _retrained_classifier(readout: Readout, subject: VirtualSubject, lesions: list[Lesion]) -> Any:
+    return readout.retrained(subject) if lesions else readout.classifier
+
+
+_READOUT_TRAINING = {"intact": _intact_classifier, "retrained": _retrained_classifier}
 
 
 def _logit_fit(x: np.ndarray, y: np.ndarray, n_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -490,8 +534,8 @@ def interaction_test(
     a: xr.Dataset,
     b: xr.Dataset,
     *,
-    n_perm: int = 10000,
-    n_boot: int = 2000,
+    n_permutations: int = 10000,
+    n_bootstrap: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
 ) -> xr.Dataset:
@@ -504,7 +548,7 @@ def interaction_test(
     in the predicted direction (A hurts c1, B hurts c2) makes it positive.
 
     - Permutation test: per pair ``d = correct_B - correct_A``; the category labels of
-      ``d`` are shuffled ``n_perm`` times (two-sided p, with the +1 correction).
+      ``d`` are shuffled ``n_permutations`` times (two-sided p, with the +1 correction).
     - Bootstrap CI of DoD resampling pairs within category.
     - Logistic regression ``correct ~ lesion * category`` on all 2 x n trials (IRLS,
       Wald z of the interaction; it ignores the pairing of trials, so it is the
@@ -527,17 +571,17 @@ def interaction_test(
     cats = [str(c) for c in a["category"].values]
     if len(cats) != 2:
         raise ShapeMismatchError(f"The interaction test needs exactly 2 pair categories, got {cats}.")
-    n_perm, n_boot = check_positive_int("n_perm", n_perm), check_positive_int("n_boot", n_boot)
+    n_permutations, n_bootstrap = check_positive_int("n_permutations", n_permutations), check_positive_int("n_bootstrap", n_bootstrap)
     ci = check_fraction("ci", ci)
     rng = numpy_rng(seed)
     d = (b["correct"].values - a["correct"].values).astype(np.float64)
     is1 = a["pair_category"].values == cats[0]
     dod = d[is1].mean() - d[~is1].mean()
     n1 = int(is1.sum())
-    perm = np.array([d[idx[:n1]].mean() - d[idx[n1:]].mean() for idx in (rng.permutation(d.size) for _ in range(n_perm))])
-    p_perm = (1 + np.sum(np.abs(perm) >= abs(dod) - 1e-12)) / (1 + n_perm)
+    perm = np.array([d[idx[:n1]].mean() - d[idx[n1:]].mean() for idx in (rng.permutation(d.size) for _ in range(n_permutations))])
+    p_perm = (1 + np.sum(np.abs(perm) >= abs(dod) - 1e-12)) / (1 + n_permutations)
     d1, d2 = d[is1], d[~is1]
-    boot = d1[rng.integers(0, d1.size, (n_boot, d1.size))].mean(1) - d2[rng.integers(0, d2.size, (n_boot, d2.size))].mean(1)
+    boot = d1[rng.integers(0, d1.size, (n_bootstrap, d1.size))].mean(1) - d2[rng.integers(0, d2.size, (n_bootstrap, d2.size))].mean(1)
     y = np.r_[a["correct"].values, b["correct"].values].astype(np.float64)
     lesion_b = np.r_[np.zeros(d.size), np.ones(d.size)]
     cat2 = np.r_[~is1, ~is1].astype(np.float64)
@@ -560,7 +604,7 @@ def interaction_test(
             "p_logit": float(2 * scipy.stats.norm.sf(abs(z))) if np.isfinite(z) else np.nan,
         },
         coords={"lesion": names, "category": cats},
-        attrs={"seed": int(seed), "n_perm": n_perm, "n_boot": n_boot, "ci": ci,
+        attrs={"seed": int(seed), "n_permutations": n_permutations, "n_bootstrap": n_bootstrap, "ci": ci,
                "definition": "DoD = [acc_B(c1) - acc_A(c1)] - [acc_B(c2) - acc_A(c2)]; positive = predicted double dissociation",
                "logit_sign": "logit_interaction and logit_z are signed like DoD (log-odds)"},
     )
@@ -592,14 +636,14 @@ def classification_agreement(subject: VirtualSubject, stimuli: Any, lesion: Lesi
         return task.score(subject)
 
 
-def _node_lesion(subject: VirtualSubject, layer: str, fraction: float, seed: int, level: str) -> Lesion:
+def _node_lesion(subject: VirtualSubject, layer: str, fraction: float, seed: int, level: str, recalibrate: Any) -> Lesion:
     size = layer_size(subject, layer, level)  # type: ignore[arg-type]
-    units = random_units(int(round(fraction * size)), size, seed=seed)
-    return knockout(subject, layer, units, level=level)  # type: ignore[arg-type]
+    units = random_units(round(fraction * size), size, seed=seed)
+    return knockout(subject, layer, units, level=level, recalibrate=recalibrate)  # type: ignore[arg-type]
 
 
-def _synapse_lesion(subject: VirtualSubject, layer: str, fraction: float, seed: int, level: str) -> Lesion:
-    return synapse_knockout(subject, layer, fraction, seed=seed)
+def _synapse_lesion(subject: VirtualSubject, layer: str, fraction: float, seed: int, level: str, recalibrate: Any) -> Lesion:
+    return synapse_knockout(subject, layer, fraction, seed=seed, recalibrate=recalibrate)
 
 
 _SWEEP_KINDS = {"node": _node_lesion, "synapse": _synapse_lesion}
@@ -618,6 +662,8 @@ def ko_sweep(
     n_repeats: int = 1,
     batch_size: int = 32,
     progress: bool = False,
+    recalibrate: Any = None,
+    readout_training: Literal["intact", "retrained"] = "intact",
 ) -> xr.DataArray:
     """Cheney-style knockout sweep: accuracy vs fraction knocked out, per layer and kind.
 
@@ -639,6 +685,11 @@ def ko_sweep(
         Repeat ``r`` uses seed ``seed + r`` for the random units / weights.
     n_repeats : int
     batch_size, progress
+    recalibrate : stimuli or torch.Tensor, optional
+        Held-out images on which BatchNorm statistics after each lesion are
+        re-estimated (see :func:`neurocnn.lesions.knockout`); default off.
+    readout_training : {"intact", "retrained"}
+        Pair task only: see :func:`evaluate`.
 
     Returns
     -------
@@ -660,13 +711,15 @@ def ko_sweep(
         measure, chance = "pair-task accuracy (test pairs)", 0.5
 
         def score() -> float:
-            return float(evaluate(subject, task, readout, n_boot=1).attrs["overall_accuracy"])
-        extra = {**readout.attrs(), **task.attrs()}
+            return float(evaluate(subject, task, readout, n_bootstrap=1, readout_training=readout_training).attrs["overall_accuracy"])
+        extra = {**readout.attrs(), **task.attrs(), "readout_training": readout_training}
     else:
         clf = _Classification(subject, task, batch_size, progress)
         measure, chance = "top-1 agreement with the intact network", 1.0 / len(subject.spec.categories or [0])
         score = lambda: clf.score(subject)  # noqa: E731
         extra = {"stimulus_set": clf.stimuli.name}
+    if recalibrate is not None and not isinstance(recalibrate, torch.Tensor):
+        recalibrate = subject.preprocess(recalibrate)  # once, not per lesion
     values = np.empty((len(kinds), len(dotted), len(fractions), n_repeats))
     total = values.size
     with tqdm(total=total, desc="ko sweep", disable=not progress) as bar:
@@ -674,7 +727,7 @@ def ko_sweep(
             for j, layer in enumerate(dotted):
                 for k, fraction in enumerate(fractions):
                     for r in range(n_repeats):
-                        with _SWEEP_KINDS[kind](subject, layer, fraction, seed + r, level):
+                        with _SWEEP_KINDS[kind](subject, layer, fraction, seed + r, level, recalibrate):
                             values[i, j, k, r] = score()
                         bar.update()
     return xr.DataArray(
@@ -685,6 +738,7 @@ def ko_sweep(
         name="accuracy",
         attrs={**{k: v for k, v in subject.provenance(dotted[0]).items() if k in ("model", "weights_sha256", "neurocnn_version")},
                **extra, "measure": measure, "chance": chance, "seed": int(seed), "level": level,
+               "recalibrate": "none" if recalibrate is None else f"batchnorm statistics on {int(recalibrate.shape[0])} held-out images",
                "seeds": "repeat r uses seed + r"},
     )
 

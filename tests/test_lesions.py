@@ -10,7 +10,7 @@ from torch import nn
 
 import neurocnn as nc
 from neurocnn import lesions
-from neurocnn.exceptions import InvalidDataError, NoSelectiveUnitsError, StimulusError, UnknownNameError
+from neurocnn.exceptions import InvalidDataError, LayerMismatchError, NoSelectiveUnitsError, StimulusError, UnknownNameError
 
 IDENTITY = nc.Preprocessing(resize=None, crop=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
@@ -327,3 +327,156 @@ def test_real_model_face_channels_are_found(lite0, mirror):
     chosen = lesions.select_units(sel, q=0.05)
     assert 0 < chosen.attrs["n_selected"] < sel.sizes["channel"]
     assert np.all(sel["t"].values[chosen.values] > 0)
+
+
+# ------------------------------------------------------------------ exit order, layer checks, recalibration
+def _weights_under(subject, before, masks):
+    """Expected conv1 weight: the pristine weight with the union of ``masks`` zeroed."""
+    expected = before["conv1.weight"].clone()
+    for m in masks:
+        expected[m] = 0
+    return expected
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (0, 2, 1), (1, 0, 2), (2, 1, 0)])
+def test_overlapping_synapse_knockouts_can_exit_in_any_order(tiny, order):
+    before = _state(tiny)
+    weight = tiny.module("conv1").weight
+    lesion_list = [lesions.synapse_knockout(tiny, "conv1", f, seed=s) for f, s in ((0.5, 0), (0.5, 1), (0.3, 2))]
+    pristine_nonzero = before["conv1.weight"].ne(0)
+    for les in lesion_list:
+        les.__enter__()
+    remaining = list(range(3))
+    for i in order:
+        lesion_list[i].__exit__(None, None, None)
+        remaining.remove(i)
+        fresh = nc.VirtualSubject(Tiny(), preprocessing=IDENTITY, name="tiny")
+        alone = []
+        for j in remaining:
+            with lesions.synapse_knockout(fresh, "conv1", lesion_list[j].fraction, seed=lesion_list[j].seed):
+                alone.append(fresh.module("conv1").weight.eq(0) & pristine_nonzero)
+        assert torch.equal(weight, _weights_under(tiny, before, alone)), f"after exiting {i}, remaining {remaining}"
+    _assert_identical(tiny, before)  # the reported bug left weights at zero here
+
+
+def test_hook_and_synapse_lesions_on_one_layer_exit_out_of_order(tiny, toy):
+    x = tiny.preprocess(toy.subset([0, 30]))
+    before = _state(tiny)
+    intact = tiny.model(x)
+    ko = lesions.knockout(tiny, "conv1", [0]).__enter__()
+    syn = lesions.synapse_knockout(tiny, "conv1", 0.5, seed=3).__enter__()
+    ko.__exit__(None, None, None)  # the outer one leaves first
+    assert lesions.active_lesions(tiny) == [syn]
+    syn.__exit__(None, None, None)
+    _assert_identical(tiny, before)
+    assert torch.equal(tiny.model(x), intact)
+
+
+def test_units_selected_in_one_layer_are_refused_for_another(tiny, toy):
+    sel = lesions.selectivity(tiny, toy, "conv1", target="face")
+    units = lesions.select_units(sel, method="top_n", n=1)
+    assert units.attrs["layer"] == "conv1" and units.attrs["level"] == "channel" and units.attrs["n_total"] == 3
+    with pytest.raises(LayerMismatchError, match=r"selected in layer 'conv1' but the lesion is in layer 'conv2'"):
+        lesions.knockout(tiny, "conv2", units)
+    with pytest.raises(LayerMismatchError, match="layer 'conv1'"):
+        lesions.tms(tiny, "conv2", units, sd=np.ones(2))
+    with pytest.raises(LayerMismatchError, match="layer 'conv1'"):
+        lesions.synapse_knockout(tiny, "conv2", 0.5, units=units)
+    with pytest.raises(LayerMismatchError, match="level"):
+        lesions.knockout(tiny, "conv1", units, level="unit")
+    with pytest.raises(LayerMismatchError, match="layer 'conv1'"):
+        lesions.sham(tiny, "conv2", 1, exclude=units)
+    unit_sel = lesions.select_units(lesions.selectivity(tiny, toy, "conv1", target="face", level="unit"), method="top_n", n=2)
+    with pytest.raises(LayerMismatchError, match="level"):
+        lesions.knockout(tiny, "conv1", unit_sel)
+    assert isinstance(LayerMismatchError("x"), ValueError)
+    with lesions.knockout(tiny, "conv1", units) as les:  # the right layer works, plain indices too
+        assert les.units.tolist() == [0]
+    with lesions.knockout(tiny, "conv2", [0]):
+        pass
+
+
+def test_matched_random_units_follow_the_lesions_mean_activation():
+    mean = np.linspace(0, 10, 200)
+    target = np.arange(190, 200)  # the 10 most active
+    sham = lesions.matched_random_units(target, mean, exclude=np.arange(0, 5), seed=0, n_neighbours=3)
+    assert sham.size == 10 and not np.intersect1d(sham, target).size
+    assert abs(mean[sham].mean() - mean[target].mean()) < 1.0  # unmatched random units: ~4.8 lower
+    assert np.array_equal(sham, lesions.matched_random_units(target, mean, exclude=np.arange(0, 5), seed=0, n_neighbours=3))
+    with pytest.raises(InvalidDataError, match="pool"):
+        lesions.matched_random_units(np.arange(150), mean, exclude=np.arange(150, 200))
+
+
+class WithBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv0 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(4)
+        self.conv1 = nn.Conv2d(4, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 5, 1)
+        self.bn2 = nn.BatchNorm2d(5)
+        with torch.no_grad():
+            for bn in (self.bn0, self.bn1, self.bn2):
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(self.bn0(self.conv0(x)))))))
+
+
+def test_recalibrate_reestimates_bn_after_the_lesion_and_restores(toy):
+    subject = nc.VirtualSubject(WithBN(), preprocessing=IDENTITY, name="bn")
+    before = _state(subject)
+    recal = toy.subset(range(0, 72, 3))
+    x = subject.preprocess(recal)
+    with lesions.knockout(subject, "conv1", [1, 4], recalibrate=recal, batch_size=64) as les:
+        m = subject.model
+        assert les.attrs()["lesion_recalibrate_n_images"] == 24
+        # oracle: batch statistics of the lesioned conv1 output (unbiased variance, as torch keeps)
+        with torch.no_grad():
+            h = m.conv1(m.bn0(m.conv0(x)))
+            h[:, [1, 4]] = 0
+        np.testing.assert_allclose(m.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-5)
+        np.testing.assert_allclose(m.bn1.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
+        assert torch.equal(m.bn0.running_mean, before["bn0.running_mean"])  # before the lesion: untouched
+        assert not torch.equal(m.bn2.running_mean, before["bn2.running_mean"])
+        assert m.bn1.momentum == 0.1 and not m.bn1.training
+    _assert_identical(subject, before)
+    with lesions.synapse_knockout(subject, "conv0", 0.5, recalibrate=recal):
+        assert not torch.equal(subject.model.bn0.running_mean, before["bn0.running_mean"])
+    _assert_identical(subject, before)
+    with lesions.knockout(subject, "conv1", [0]):
+        assert torch.equal(subject.model.bn1.running_mean, before["bn1.running_mean"])  # off by default
+    with pytest.raises(InvalidDataError, match="on which images"):
+        lesions.knockout(subject, "conv1", [0], recalibrate=True)
+
+
+def test_two_recalibrating_lesions_exit_out_of_order(toy):
+    subject = nc.VirtualSubject(WithBN(), preprocessing=IDENTITY, name="bn")
+    before = _state(subject)
+    recal = subject.preprocess(toy.subset(range(0, 72, 3)))
+    a = lesions.knockout(subject, "conv1", [1], recalibrate=recal).__enter__()
+    b = lesions.synapse_knockout(subject, "conv2", 0.5, seed=1, recalibrate=recal).__enter__()
+    a.__exit__(None, None, None)
+    remaining = _state(subject)
+    reference = nc.VirtualSubject(WithBN(), preprocessing=IDENTITY, name="bn")
+    with lesions.synapse_knockout(reference, "conv2", 0.5, seed=1, recalibrate=recal):
+        expected = _state(reference)
+    for key in expected:
+        torch.testing.assert_close(remaining[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    b.__exit__(None, None, None)
+    _assert_identical(subject, before)
+
+
+def test_matched_sham_lesion(tiny):
+    mean = np.array([5.0, 1.0, 4.9])
+    les = lesions.sham(tiny, "conv1", 1, matched_to=[0], mean_activation=mean, exclude=[], seed=0)
+    assert les.units.tolist() in ([1], [2]) and les.matched and les.kind == "sham_knockout"
+    assert lesions.sham(tiny, "conv1", 1, matched_to=[0], mean_activation=mean, seed=0, exclude=[1]).units.tolist() == [2]
+    with pytest.raises(InvalidDataError, match="as many units"):
+        lesions.sham(tiny, "conv1", 2, matched_to=[0], mean_activation=mean)
+    with pytest.raises(InvalidDataError, match="mean_activation"):
+        lesions.sham(tiny, "conv1", 1, matched_to=[0])

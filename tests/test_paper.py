@@ -128,7 +128,7 @@ def _fake_results(out: Path, extra: tuple[str, ...] = ()) -> Path:
         {"dod": ("manipulation", [0.0792, 0.0542]), "dod_ci_low": ("manipulation", [0.01, -0.02]),
          "dod_ci_high": ("manipulation", [0.15, 0.13]), "p_permutation": ("manipulation", [0.0442, 0.1758]),
          "p_logit": ("manipulation", [0.1393, np.nan])},
-        coords={"manipulation": ["knockout", "tms"]}, attrs={"n_perm": 999},
+        coords={"manipulation": ["knockout", "tms"]}, attrs={"n_permutations": 999},
     )
     nc.io.save(inter, out / "virtual_tms" / "interaction.nc")
     _png(out / "virtual_tms" / "virtual_tms.png")

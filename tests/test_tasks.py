@@ -164,7 +164,7 @@ def test_interaction_test_against_hand_computed_2x2():
     category = np.repeat(["face", "house"], 100)
     a = (rng.uniform(size=200) < np.where(category == "face", 0.6, 0.9)).astype(int)  # face KO
     b = (rng.uniform(size=200) < np.where(category == "face", 0.9, 0.6)).astype(int)  # place KO
-    res = tasks.interaction_test(_fake(a, category, "face_ko"), _fake(b, category, "place_ko"), n_perm=2000, seed=0)
+    res = tasks.interaction_test(_fake(a, category, "face_ko"), _fake(b, category, "place_ko"), n_permutations=2000, seed=0)
     f = category == "face"
     dod = (b[f].mean() - a[f].mean()) - (b[~f].mean() - a[~f].mean())
     assert float(res["dod"]) == pytest.approx(dod)
@@ -176,7 +176,7 @@ def test_interaction_test_against_hand_computed_2x2():
     se = np.sqrt(sum(1 / (m.sum() * c[m].mean() * (1 - c[m].mean())) for c, m in cells))
     assert float(res["logit_interaction"]) == pytest.approx(expected, rel=1e-6)
     assert float(res["logit_z"]) == pytest.approx(expected / se, rel=1e-6)
-    null = tasks.interaction_test(_fake(a, category, "x"), _fake(a, category, "y"), n_perm=500)
+    null = tasks.interaction_test(_fake(a, category, "x"), _fake(a, category, "y"), n_permutations=500)
     assert float(null["dod"]) == 0 and float(null["p_permutation"]) == 1.0
     with pytest.raises(ShapeMismatchError):
         tasks.interaction_test(_fake(a, category, "x"), _fake(a, category[::-1], "y"))
@@ -222,5 +222,100 @@ def test_interaction_logit_is_nan_under_separation():
     category = np.repeat(["face", "house"], 20)
     a = np.ones(40, int)
     b = np.r_[np.ones(20, int), np.zeros(10, int), np.ones(10, int)]
-    res = tasks.interaction_test(_fake(a, category, "a"), _fake(b, category, "b"), n_perm=200)
+    res = tasks.interaction_test(_fake(a, category, "a"), _fake(b, category, "b"), n_permutations=200)
     assert np.isnan(float(res["p_logit"])) and float(res["dod"]) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ BN recalibration, readout choices, d'
+class SmallBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(16, 5)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.running_mean.uniform_(-0.2, 0.2)
+                bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu1(self.bn1(self.conv1(x)))
+        return self.fc(self.flat(self.pool(self.relu2(self.bn2(self.conv2(h))))))
+
+
+@pytest.fixture(scope="module")
+def bn_setup(task):
+    subject = nc.VirtualSubject(SmallBN(), preprocessing=IDENTITY, name="smallbn")
+    return subject, tasks.fit_readout(subject, task, "relu2", seed=0)
+
+
+def test_recalibrated_lesion_partial_recompute_equals_full_forward(bn_setup, images):
+    subject, readout = bn_setup
+    before = _state(subject)
+    recal = images.subset(range(0, 32, 2))
+    engine = readout._engine
+    for make in (lambda r: lesions.synapse_knockout(subject, "conv2", 0.5, seed=1, recalibrate=r),
+                 lambda r: lesions.knockout(subject, "conv1", [0, 1, 2, 3], recalibrate=r)):
+        with make(None):
+            fixed = engine.outputs(subject)
+        with make(recal) as les:
+            partial = engine.outputs(subject)
+            full = tasks._pool(subject.forward_layers(engine.images, ["relu2"])["relu2"])
+            assert les.attrs()["lesion_recalibrate_n_images"] == 16
+        np.testing.assert_allclose(partial, full, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(partial, fixed)  # recalibration changed the lesioned outputs
+        for k, v in subject.model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    sweep = tasks.ko_sweep(subject, images, ["conv2"], [0.5], kinds=("synapse",), recalibrate=recal)
+    assert sweep.attrs["recalibrate"] == "batchnorm statistics on 16 held-out images"
+    assert tasks.ko_sweep(subject, images, ["conv2"], [0.5], kinds=("synapse",)).attrs["recalibrate"] == "none"
+
+
+def test_retrained_readout_matches_sklearn_on_lesioned_features(small, task, readout):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    les = lesions.knockout(small, "conv2", list(range(8)))
+    res = tasks.evaluate(small, task, readout, les, readout_training="retrained")
+    assert res.attrs["readout_training"] == "retrained"
+    assert tasks.evaluate(small, task, readout, les).attrs["readout_training"] == "intact"
+    # oracle: sklearn fit on full-forward features of the lesioned network
+    pairs = task.pairs
+    train = pairs.isel(pair=np.flatnonzero(pairs["split"].values == "train"))
+    test = pairs.isel(pair=np.flatnonzero(pairs["split"].values == "test"))
+
+    def feats(split):
+        views = np.unique(np.r_[split["view_a"].values, split["view_b"].values])
+        with les:
+            f = tasks._pool(small.forward_layers(small.preprocessing(tasks.render_views(task, views)), ["conv2"])["conv2"])
+        a, b = np.searchsorted(views, split["view_a"].values), np.searchsorted(views, split["view_b"].values)
+        return tasks._pair_features(f, a, b)
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=readout.C, max_iter=5000)).fit(feats(train), train["same"].values)
+    expected = (clf.predict(feats(test)) == test["same"].values).astype(int)
+    np.testing.assert_array_equal(res["correct"].values, expected)
+    intact = tasks.evaluate(small, task, readout, readout_training="retrained")
+    assert intact.attrs["overall_accuracy"] == tasks.evaluate(small, task, readout).attrs["overall_accuracy"]
+    with pytest.raises(UnknownNameError, match="retrained"):
+        tasks.evaluate(small, task, readout, readout_training="retrain")
+
+
+def test_readout_d_prime_by_hand(small, task, readout):
+    res = tasks.evaluate(small, task, readout)
+    for cat in ("face", "house"):
+        m = res["pair_category"].values == cat
+        s = res["decision"].values[m & (res["same"].values == 1)]
+        d = res["decision"].values[m & (res["same"].values == 0)]
+        expected = (s.mean() - d.mean()) / np.sqrt((np.var(s, ddof=1) + np.var(d, ddof=1)) / 2)
+        assert float(res["d_prime"].sel(category=cat)) == pytest.approx(expected, rel=1e-10)
+    # decision > 0 is exactly the "same" prediction
+    pred = (res["decision"].values > 0).astype(int)
+    np.testing.assert_array_equal(pred == res["same"].values, res["correct"].values.astype(bool))

@@ -1,0 +1,323 @@
+"""Dissociation map: where (layer x lesion size) do face and place functions dissociate?
+
+For every default layer before the readout layer and several lesion sizes (the top-N
+channels by d' on the selection half of fLoc, N from 1 channel to 20% of the layer;
+also unit-level channel x position lesions on layers of moderate size), the face-unit
+knockout and the place-unit knockout are evaluated on face-pair and house-pair
+same/different accuracy (and readout d') of the held-out half, against a sham null:
+``--n-sham`` random draws of the same size matched one-to-one on the lesioned units'
+mean activation (:func:`neurocnn.lesions.matched_random_units`). Per cell: the
+double-dissociation index DoD = [acc_placeKO(face) - acc_faceKO(face)] -
+[acc_placeKO(house) - acc_faceKO(house)] (positive = the predicted dissociation) with a
+bootstrap CI and a pair-label permutation p (:func:`neurocnn.tasks.interaction_test`),
+and the sham p (how often matched random lesions give a DoD as large). BH-FDR over all
+cells of a map; a cell is significant when both q <= 0.05 and DoD > 0. The same map for
+virtual TMS (noise amplitude instead of size, top 10% channels). Writes per network
+``dissociation_map_<model>_<map>.nc``, ``dissociation_map.png`` and ``headline.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import neurocnn as nc  # noqa: E402
+from _common import as_values, available_models, figure, make_parser, output_dir, write_headline  # noqa: E402
+from neurocnn import lesions, tasks  # noqa: E402
+
+SIZE_FRACTIONS = (0.0, 0.025, 0.05, 0.1, 0.2)  # 0.0 = a single channel / unit
+SETTINGS = {
+    "full": {"frac": 0.5, "n_train": 2400, "n_test": 480, "n_sham": 20, "n_perm": 2000, "n_boot": 1000,
+             "n_layers": None, "sizes": SIZE_FRACTIONS, "max_units": 80_000, "n_unit_layers": None,
+             "amplitudes": (0.5, 1.0, 2.0, 4.0)},
+    "quick": {"frac": 0.05, "n_train": 40, "n_test": 24, "n_sham": 2, "n_perm": 200, "n_boot": 200,
+              "n_layers": 2, "sizes": (0.0, 0.1), "max_units": 20_000, "n_unit_layers": 1, "amplitudes": (2.0,)},
+}
+TMS_SIZE = 0.1
+ALPHA = 0.05
+
+
+def _lesion_layers(subject, readout_layer: str, n: int | None) -> list[str]:
+    """Default layers with a (channel, y, x) output that run before the readout layer (``n`` spread over depth)."""
+    names = subject.default_layers
+    stop = [subject.resolve_layer(x) for x in names].index(subject.resolve_layer(readout_layer))
+    layers = [x for x in names[:stop] if len(subject.output_shape(x)) == 3]
+    if n is not None and n < len(layers):  # --quick: the deepest ones (the cheapest to recompute from)
+        layers = layers[-n:]
+    return layers
+
+
+def _localizer_responses(subject, stim, layers, unit_layers, batch_size, progress):
+    """Per layer: channel responses (spatial means), channel SD over images x positions, unit responses."""
+    x_all = subject.preprocess(stim)
+    chan = {k: [] for k in layers}
+    units = {k: [] for k in unit_layers}
+    s1 = {k: 0.0 for k in layers}
+    s2 = {k: 0.0 for k in layers}
+    n = {k: 0 for k in layers}
+    for i in tqdm(range(0, len(stim), batch_size), desc="localizer", disable=not progress, leave=False):
+        with torch.inference_mode():
+            out = subject.forward_layers(x_all[i : i + batch_size], layers)
+        for k, v in out.items():
+            v = v.double()
+            chan[k].append(v.flatten(2).mean(-1).numpy())
+            s1[k] = s1[k] + v.sum((0, 2, 3)).numpy()
+            s2[k] = s2[k] + (v**2).sum((0, 2, 3)).numpy()
+            n[k] += v.shape[0] * v.shape[2] * v.shape[3]
+            if k in units:
+                units[k].append(v.float().numpy())
+    sd = {k: np.sqrt(np.maximum(s2[k] - s1[k] ** 2 / n[k], 0) / (n[k] - 1)) for k in layers}
+    return {k: np.concatenate(v) for k, v in chan.items()}, sd, {k: np.concatenate(v) for k, v in units.items()}
+
+
+def _as_activations(values: np.ndarray, subject, layer: str, stim) -> xr.DataArray:
+    dims = ("stimulus", "channel") if values.ndim == 2 else ("stimulus", "channel", "y", "x")
+    return xr.DataArray(values, dims=dims, coords={"stimulus": stim.ids}, attrs=subject.provenance(layer))
+
+
+def _selections(subject, stim, layer, values, level, n_units):
+    """Top-n face and place units by d' (face vs place+object; place vs face+object) and mean activations."""
+    act = _as_activations(values, subject, layer, stim)
+    sel = {d: lesions.selectivity(subject, stim, layer, target=d, against=[o for o in ("face", "place", "object") if o != d],
+                                  activations=act, level=level) for d in ("face", "place")}
+    chosen = {d: lesions.select_units(sel[d], method="top_n", n=n_units, stat="d_prime") for d in sel}
+    mean = values.reshape(values.shape[0], -1).mean(0)
+    return chosen, mean
+
+
+def _dod(a: xr.Dataset, b: xr.Dataset) -> float:
+    d = (b["correct"].values - a["correct"].values).astype(float)
+    is_face = a["pair_category"].values == "face"
+    return float(d[is_face].mean() - d[~is_face].mean())
+
+
+def _cell(subject, task, readout, make, face_units, place_units, mean, n_sham, cfg, seed):
+    """Evaluate face/place lesions and the matched sham draws of one map cell."""
+    ev = {d: tasks.evaluate(subject, task, readout, make(u, None), n_bootstrap=1, seed=seed)
+          for d, u in (("face", face_units), ("place", place_units))}
+    inter = tasks.interaction_test(ev["face"], ev["place"], n_permutations=cfg["n_perm"], n_bootstrap=cfg["n_boot"], seed=seed)
+    both = np.union1d(face_units.values, place_units.values)
+    sham_dod, sham_acc, sham_dp = [], {d: [] for d in ev}, {d: [] for d in ev}
+    for s in range(n_sham):
+        res = {}
+        for d, u in (("face", face_units), ("place", place_units)):
+            rand = lesions.matched_random_units(u.values, mean, exclude=both, seed=seed + 1000 * (s + 1) + (d == "place"))
+            res[d] = tasks.evaluate(subject, task, readout, make(rand, s), n_bootstrap=1, seed=seed)
+            sham_acc[d].append(res[d]["accuracy"].values)
+            sham_dp[d].append(res[d]["d_prime"].values)
+        sham_dod.append(_dod(res["face"], res["place"]))
+    dod = float(inter["dod"])
+    sham_dod = np.asarray(sham_dod)
+    return {
+        "accuracy": np.stack([ev["face"]["accuracy"].values, ev["place"]["accuracy"].values,
+                              np.mean(sham_acc["face"], 0), np.mean(sham_acc["place"], 0)]),
+        "d_prime": np.stack([ev["face"]["d_prime"].values, ev["place"]["d_prime"].values,
+                             np.mean(sham_dp["face"], 0), np.mean(sham_dp["place"], 0)]),
+        "dod": dod, "dod_ci_low": float(inter["dod_ci_low"]), "dod_ci_high": float(inter["dod_ci_high"]),
+        "p_permutation": float(inter["p_permutation"]),
+        "p_sham": float((1 + np.sum(sham_dod >= dod - 1e-12)) / (1 + sham_dod.size)),
+        "sham_dod_mean": float(sham_dod.mean()), "sham_dod_sd": float(sham_dod.std(ddof=1)) if sham_dod.size > 1 else np.nan,
+        "n_face": int(face_units.size), "n_place": int(place_units.size),
+        "n_overlap": int(np.intersect1d(face_units.values, place_units.values).size),
+    }
+
+
+def _fdr(ds: xr.Dataset) -> xr.Dataset:
+    """BH-FDR over all finite cells of the map; ``significant`` = both q <= ALPHA and DoD > 0."""
+    for p in ("p_permutation", "p_sham"):
+        q = np.full(ds[p].shape, np.nan)
+        ok = np.isfinite(ds[p].values)
+        if ok.any():
+            q[ok] = scipy.stats.false_discovery_control(ds[p].values[ok])
+        ds[p.replace("p_", "p_fdr_")] = (ds[p].dims, q)
+    ds["significant"] = (ds["dod"].dims, ((ds["p_fdr_permutation"] <= ALPHA) & (ds["p_fdr_sham"] <= ALPHA) & (ds["dod"] > 0)).values.astype(np.int8))
+    return ds
+
+
+def _map(subject, task, readout, layers, steps, step_name, make_cell, cfg, seed, progress, desc):
+    """Run ``make_cell(layer, step)`` for every cell; returns a Dataset over (layer, step_name)."""
+    cells = {}
+    for layer in tqdm(layers, desc=desc, disable=not progress):
+        for step in steps:
+            cells[(layer, step)] = make_cell(layer, step)
+    first = next(c for c in cells.values() if c is not None)
+    data = {}
+    for key, val in first.items():
+        shape = np.shape(val)
+        arr = np.full((len(layers), len(steps), *shape), np.nan)
+        for i, layer in enumerate(layers):
+            for j, step in enumerate(steps):
+                if cells[(layer, step)] is not None:
+                    arr[i, j] = cells[(layer, step)][key]
+        dims = ("layer", step_name) + (("condition", "category") if len(shape) == 2 else ())
+        data[key] = (dims, arr)
+    coords = {"layer": [subject.alias_of(x) or x for x in layers], step_name: list(steps),
+              "layer_dotted": ("layer", [subject.resolve_layer(x) for x in layers]),
+              "condition": ["face KO", "place KO", "sham (face-matched)", "sham (place-matched)"], "category": task.categories}
+    return _fdr(xr.Dataset(data, coords=coords))
+
+
+def _logger(args, t0: float):
+    def log(step: str) -> None:
+        if args.progress:
+            print(f"[{time.time() - t0:6.1f} s] {step}", flush=True)
+    return log
+
+
+def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
+    t0 = time.time()
+    log = _logger(args, t0)
+    subject = nc.VirtualSubject(name)
+    floc = nc.load_stimuli("floc")
+    localizer, held_out = lesions.split_localizer(floc, cfg["frac"], seed=args.seed)
+    task = tasks.make_pair_task(held_out, ("face", "house"), n_train=cfg["n_train"], n_test=cfg["n_test"], seed=args.seed)
+    readout = tasks.fit_readout(subject, task, args.readout_layer, seed=args.seed, progress=args.progress)
+    log(f"{name}: readout fit ({task.views.sizes['view']} views)")
+    layers = _lesion_layers(subject, readout.layer, cfg["n_layers"])
+    unit_layers = [x for x in layers if np.prod(subject.output_shape(x)) <= cfg["max_units"]]
+    if cfg["n_unit_layers"] is not None:
+        unit_layers = unit_layers[-cfg["n_unit_layers"]:]
+    chan, sd, unit_values = _localizer_responses(subject, localizer, layers, unit_layers, 32, args.progress)
+    log(f"{name}: localizer responses ({len(localizer)} images, {len(layers)} layers)")
+    intact = tasks.evaluate(subject, task, readout, n_bootstrap=1)
+    sel_cache: dict = {}
+
+    def selection(layer, level, n):
+        key = (layer, level, n)
+        if key not in sel_cache:
+            values = chan[layer] if level == "channel" else unit_values[layer]
+            sel_cache[key] = _selections(subject, localizer, layer, values, level, n)
+        return sel_cache[key]
+
+    def ko_cell(level):
+        def make_cell(layer, size):
+            total = lesions.layer_size(subject, layer, level)
+            n = max(1, round(size * total))
+            (units, mean) = selection(layer, level, n)
+            make = lambda u, _s: lesions.knockout(subject, layer, u, level=level)  # noqa: E731
+            return _cell(subject, task, readout, make, units["face"], units["place"], mean, args.n_sham or cfg["n_sham"], cfg, args.seed)
+        return make_cell
+
+    def tms_cell(layer, amplitude):
+        n = max(1, round(TMS_SIZE * lesions.layer_size(subject, layer)))
+        units, mean = selection(layer, "channel", n)
+
+        def make(u, s):
+            return lesions.tms(subject, layer, u, amplitude=amplitude, sd=sd[layer], seed=args.seed + (0 if s is None else s + 1))
+        return _cell(subject, task, readout, make, units["face"], units["place"], mean, args.n_sham or cfg["n_sham"], cfg, args.seed)
+
+    sizes = list(cfg["sizes"])
+    maps = {
+        "knockout_channel": _map(subject, task, readout, layers, sizes, "size", ko_cell("channel"), cfg, args.seed, args.progress, "KO map (channels)"),
+        "tms_channel": _map(subject, task, readout, layers, list(cfg["amplitudes"]), "amplitude", tms_cell, cfg, args.seed, args.progress, "TMS map"),
+    }
+    if unit_layers:
+        maps["knockout_unit"] = _map(subject, task, readout, unit_layers, sizes, "size", ko_cell("unit"), cfg, args.seed, args.progress, "KO map (units)")
+    attrs = {
+        "model": subject.name, "weights_sha256": subject.weights_id, "seed": args.seed, "quick": int(args.quick),
+        **readout.attrs(), **task.attrs(), "readout_training": "intact",
+        "selection": "top-N by d' (face vs place+object / place vs face+object) on the selection half of fLoc",
+        "localizer_fraction": cfg["frac"], "n_localizer_images": len(localizer), "n_sham": args.n_sham or cfg["n_sham"],
+        "sham": "random units matched one-to-one on mean localizer activation, excluding face and place units",
+        "size_definition": "size = fraction of the layer's channels (units); 0 = a single channel (unit)",
+        "tms_size": TMS_SIZE, "tms_sd": "channel activation SD over localizer images and positions",
+        "n_permutations": cfg["n_perm"], "n_bootstrap": cfg["n_boot"], "fdr_alpha": ALPHA, "n_test_pairs": cfg["n_test"],
+        "significant": "BH q (permutation) <= alpha and BH q (sham) <= alpha and DoD > 0, BH over the cells of one map",
+        "dod_definition": "DoD = [acc_placeKO(face) - acc_faceKO(face)] - [acc_placeKO(house) - acc_faceKO(house)]",
+        "intact_face_accuracy": float(intact["accuracy"].sel(category="face")),
+        "intact_house_accuracy": float(intact["accuracy"].sel(category="house")),
+        "recalibrate": "none", "runtime_s": round(time.time() - t0, 1),
+    }
+    for ds in maps.values():
+        ds.attrs = dict(attrs)
+    return maps, attrs
+
+
+def _best(ds: xr.Dataset, step: str) -> dict:
+    flat = ds["dod"].stack(cell=("layer", step))
+    i = int(np.nanargmax(flat.values))
+    cell = flat.isel(cell=i)
+    layer, value = str(cell["layer"].item()), cell[step].item()
+    sub = ds.sel({"layer": layer, step: value})
+    return {"layer": layer, step: float(value), "dod": float(sub["dod"]), "ci": [float(sub["dod_ci_low"]), float(sub["dod_ci_high"])],
+            "p_permutation": float(sub["p_permutation"]), "p_sham": float(sub["p_sham"]), "p_fdr_permutation": float(sub["p_fdr_permutation"]),
+            "p_fdr_sham": float(sub["p_fdr_sham"]), "significant": bool(sub["significant"]), "n_face": int(sub["n_face"]), "n_place": int(sub["n_place"]),
+            "n_significant_cells": int(ds["significant"].sum()), "n_cells": int(np.isfinite(ds["dod"].values).sum())}
+
+
+def _plot(all_maps: dict[str, dict[str, xr.Dataset]]):
+    import matplotlib.pyplot as plt
+
+    kinds = ["knockout_channel", "knockout_unit", "tms_channel"]
+    fig, axes = plt.subplots(len(all_maps), len(kinds), figsize=(4.2 * len(kinds), 3.4 * len(all_maps)), squeeze=False)
+    for r, (model, maps) in enumerate(all_maps.items()):
+        for c, kind in enumerate(kinds):
+            ax = axes[r, c]
+            if kind not in maps:
+                ax.axis("off")
+                continue
+            ds = maps[kind]
+            step = "size" if "size" in ds.dims else "amplitude"
+            dod = ds["dod"].values
+            lim = max(0.05, float(np.nanmax(np.abs(dod))))
+            im = ax.imshow(dod, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+            for i in range(dod.shape[0]):
+                for j in range(dod.shape[1]):
+                    mark = "*" if ds["significant"].values[i, j] else ""
+                    ax.text(j, i, f"{dod[i, j]:+.2f}{mark}", ha="center", va="center", fontsize=7)
+            labels = [("1" if v == 0 else f"{100 * v:g}%") for v in ds[step].values] if step == "size" else [f"{v:g}" for v in ds[step].values]
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_yticks(range(ds.sizes["layer"]), list(ds["layer"].values))
+            ax.set_xlabel("lesion size (of the layer)" if step == "size" else "TMS amplitude (x activation SD)")
+            ax.set_title(f"{model}: {kind.replace('_', ' (')})", fontsize=9)
+            fig.colorbar(im, ax=ax, label="DoD (+ = face KO hurts faces)", shrink=0.8)
+    fig.suptitle("Double-dissociation index per layer x size; * = BH q<0.05 vs pair permutation and vs matched sham", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser("dissociation_map", __doc__.splitlines()[0])
+    parser.set_defaults(model=None)
+    parser.add_argument("--readout-layer", default=None, help="readout layer (default: the penultimate default layer)")
+    parser.add_argument("--n-sham", type=int, default=None, help="matched sham draws per cell")
+    parser.add_argument("--layers", type=int, default=None, help="only the deepest N lesion layers (default: by mode)")
+    parser.add_argument("--sizes", nargs="*", type=float, default=None, help="lesion sizes as fractions (0 = one unit)")
+    parser.add_argument("--n-test", type=int, default=None, help="test pairs (default: by mode)")
+    parser.add_argument("--n-train", type=int, default=None, help="training pairs (default: by mode)")
+    parser.add_argument("--localizer-fraction", type=float, default=None, help="fLoc fraction used for selection")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    out = output_dir(args)
+    cfg = dict(SETTINGS["quick" if args.quick else "full"])
+    overrides = {"n_layers": args.layers, "sizes": tuple(args.sizes) if args.sizes else None, "n_test": args.n_test,
+                 "n_train": args.n_train, "frac": args.localizer_fraction}
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    models = [args.model] if args.model else available_models()
+    all_maps, summary = {}, {"models": models, "quick": bool(args.quick), "seed": args.seed, "best_cells": {}}
+    for name in models:
+        maps, attrs = run_model(name, args, cfg)
+        all_maps[name] = maps
+        for kind, m in maps.items():
+            nc.io.save(m, out / f"dissociation_map_{name}_{kind}.nc", overwrite=args.overwrite)
+        summary["best_cells"][name] = {k: _best(m, "size" if "size" in m.dims else "amplitude") for k, m in maps.items()}
+        summary["best_cells"][name]["intact"] = {"face": attrs["intact_face_accuracy"], "house": attrs["intact_house_accuracy"]}
+        summary["best_cells"][name]["runtime_s"] = attrs["runtime_s"]
+    nc.plotting.save_figure(_plot(all_maps), out / "dissociation_map.png", overwrite=args.overwrite)
+    print(json.dumps(summary["best_cells"], indent=1))
+    write_headline(out, lambda folder: {**as_values("dm", summary), "fig_dm_map": figure(folder, "dissociation_map.png")})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
