@@ -1,4 +1,4 @@
-"""Benchmark neurocnn.rdm against rsatoolbox on the same inputs.
+"""Benchmark neurocnn.rsa against rsatoolbox on the same inputs.
 
 Cases: correlation RDMs (1000 x 50k and 92 x 50k units), Spearman comparison of many
 RDMs at 1000 stimuli, and a 1000-sample stimulus bootstrap with noise ceilings on the

@@ -1,4 +1,4 @@
-"""Tests of neurocnn.rdm: oracles scipy and rsatoolbox, errors, round trips."""
+"""Tests of neurocnn.rsa: oracles scipy and rsatoolbox, errors, round trips."""
 
 from __future__ import annotations
 
@@ -528,3 +528,14 @@ def test_bootstrap_on_dask_equals_local():
                                               progress=False, client=client)
     np.testing.assert_array_equal(remote["evaluation"].values, local["evaluation"].values)
     np.testing.assert_array_equal(remote["noise_ceiling_samples"].values, local["noise_ceiling_samples"].values)
+
+
+def test_the_0_1_module_name_still_imports_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("neurocnn.rdm", None)
+    with pytest.warns(DeprecationWarning, match="neurocnn.rsa"):
+        old = importlib.import_module("neurocnn.rdm")
+    assert old.compare_rdms is rsa.compare_rdms
+    assert old.load_92images_brain_rdms is datasets.load_92images_brain_rdms
