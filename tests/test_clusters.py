@@ -74,7 +74,7 @@ def _nilearn_group(X, mimg, n):
         warnings.simplefilter("ignore")
         masker = NiftiMasker(mimg).fit()
         Y = masker.transform(_imgs(X))
-        return permuted_ols(np.ones((len(X), 1)), Y, model_intercept=False, n_permutations=n, two_sided_test=False,
+        return permuted_ols(np.ones((len(X), 1)), Y, model_intercept=False, n_perm=n, two_sided_test=False,
                             masker=masker, tfce=True, threshold=0.01, random_state=0, output_type="dict")
 
 

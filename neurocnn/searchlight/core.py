@@ -156,7 +156,7 @@ def searchlight(
         )
     seed = check_seed(seed)
     if out is not None:  # before the whole computation, not after it
-        from .io import check_writable, output_format
+        from ..io import check_writable, output_format
 
         output_format(out)
         check_writable(out, overwrite=overwrite)
@@ -234,7 +234,7 @@ def searchlight(
     )
     result = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     if out is not None:
-        from .io import save
+        from ..io import save
 
         save(result, out, overwrite=overwrite)
     return result

@@ -97,7 +97,7 @@ def save_maps(result: xr.Dataset, out: str | os.PathLike, *, var: str = "correla
     --------
     >>> save_maps(res, "maps")  # doctest: +SKIP
     """
-    from .io import atomic_output, check_writable, make_output_dir
+    from ..io import atomic_output, check_writable, make_output_dir
 
     out = pathlib.Path(out)
     names = ["".join(c if c.isalnum() or c in "-_." else "_" for c in str(n)) for n in result["layer"].values]
