@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("p_fwe", "p_fwe_cluster_mass", "p_fwe_tfce"):
         searchlight.save_maps(cl, out / "nifti", var=var, overwrite=args.overwrite)
     for corr, df in tables.items():
-        path = nc.io.check_writable(out / f"clusters_{corr}.csv", overwrite=args.overwrite)
-        df.to_csv(path, index=False)
+        nc.io.write_text(out / f"clusters_{corr}.csv", df.to_csv(index=False), overwrite=args.overwrite,
+                         kind="cluster table")
 
     print(f"{res.sizes['voxel']} centres (in-slice discs of up to {int(res['n_voxels'].max())} voxels), "
           f"{len(CATEGORIES)} categories x {len(vol.stimulus_ids) // len(CATEGORIES)} runs, {n_perm} permutations; "

@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import xarray as xr  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
-from _common import make_parser, output_dir  # noqa: E402
+from _common import as_values, figure, make_parser, output_dir, write_headline  # noqa: E402
 from neurocnn import rsa, searchlight  # noqa: E402
 
 ONSETS = {"early": 0.05, "late": 0.15}
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     nc.io.save(curves, out / "curves.nc", overwrite=args.overwrite)
     nc.io.save(fus, out / "fusion.nc", overwrite=args.overwrite)
     img = rsa.fusion_to_nifti(fus)
-    img.to_filename(nc.io.check_writable(out / "fusion.nii.gz", overwrite=args.overwrite))
+    with nc.io.atomic_output(out / "fusion.nii.gz", overwrite=args.overwrite, kind="fusion movie") as tmp:
+        img.to_filename(tmp)
 
     head = {"n_subjects": n_subj, "n_stimuli": n_stim, "model_rdm_spearman": models.attrs["model_spearman"], "n_permutations": n_perm, "n_bootstrap": n_boot,
             "sample_interval_s": 1 / sfreq,
@@ -120,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             "fusion_sphere_onset": float(times[np.argmax(f_t > f_t[times < 0].mean() + 5 * f_t[times < 0].std())]),
             "fusion_sphere_peak_time": float(times[int(np.argmax(f_t))]),
         }
-    path = nc.io.check_writable(out / "headline.json", overwrite=args.overwrite)
-    path.write_text(json.dumps(head, indent=2))
 
     fig = plt.figure(figsize=(13, 8))
     fig.subplots_adjust(hspace=0.45)
@@ -174,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
               f"fusion at its sphere rises at {h['fusion_sphere_onset'] * 1000:.0f} ms, peaks at "
               f"{h['fusion_sphere_peak_time'] * 1000:.0f} ms")
     print(f"times: {head['seconds']}; wrote {out}")
+    write_headline(out, lambda folder: {**as_values("mf", head), "fig_mf": figure(folder, "meg_fusion.png")})
     return 0
 
 

@@ -184,8 +184,7 @@ def write_tables(rows: list[dict], result: xr.Dataset, out: Path, *, overwrite: 
     md += [f"| {a} | " + " | ".join("" if i == j else f"{q[i, j]:.3g}" for j in range(len(names))) + " |"
            for i, a in enumerate(names)]
     for name, text in (("table.csv", csv), ("table.md", "\n".join(md) + "\n")):
-        io.check_writable(out / name, overwrite=overwrite)
-        (out / name).write_text(text)
+        io.write_text(out / name, text, overwrite=overwrite, kind="model comparison table")
 
 
 def plot(result: xr.Dataset):

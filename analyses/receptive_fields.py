@@ -106,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.units is not None:
         settings["units"] = args.units
     out = _common.output_dir(args)
-    if not args.overwrite:
-        nc.io.check_writable(out / "headline.json")
     subject = _common.make_subject(args)
     stim = nc.load_stimuli("92images").subset(range(settings["images"]))
 

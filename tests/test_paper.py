@@ -330,3 +330,13 @@ def test_benchmark_tables_come_from_stdout_and_failures_name_the_script(tmp_path
     (repo / "benchmarks" / "slow.py").write_text("raise ValueError('peer missing')\n")
     with pytest.raises(AnalysisFailedError, match="(?s)benchmarks/slow.py exited with 1.*peer missing"):
         paper.run_benchmarks(tmp_path / "out", repo=repo, python=sys.executable)
+
+
+def test_every_analysis_writes_its_headline_through_common() -> None:
+    """The builder reads one headline format: every script writes it with _common.write_headline."""
+    scripts = [p for p in (REPO / "analyses").glob("*.py") if not p.name.startswith("_")]
+    assert scripts
+    for path in scripts:
+        text = path.read_text()
+        assert "write_headline(" in text, f"{path.name} writes no headline.json"
+        assert not re.search(r"headline\.json\"\)\.write_text|open\([^)]*headline\.json", text), path.name
