@@ -11,8 +11,8 @@ import scipy.ndimage
 import xarray as xr
 
 from ._clusters import _P_VAR, CORRECTIONS, _Grid, _structure
-from ._validation import check_fraction, check_option
-from .exceptions import InvalidDataError, ShapeMismatchError
+from ._validation import check_fraction, check_option, layer_index
+from .exceptions import ShapeMismatchError
 
 __all__ = ["ATLASES", "cluster_table", "nearest_atlas_label", "plot_clusters"]
 
@@ -309,12 +309,7 @@ def plot_clusters(result: xr.Dataset, layer: str | int = 0, *, correction: str =
     check_option("kind", kind, ("stat_map", "glass_brain"))
     alpha = check_fraction("alpha", alpha)
     names = [str(v) for v in result["layer"].values]
-    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
-        if not 0 <= layer < len(names):
-            raise InvalidDataError(f"layer index {layer} out of range (0..{len(names) - 1}).")
-        li = int(layer)
-    else:
-        li = names.index(check_option("layer", str(layer), names))
+    li = layer_index(names, layer)
     title = title if title is not None else f"{names[li]}: {correction} p_FWE < {alpha:g}"
     fig = plt.figure(figsize=figsize)
     if result.attrs.get("domain") == "time":

@@ -157,6 +157,22 @@ def check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def layer_index(names: Iterable[str], layer: Any) -> int:
+    """Position of ``layer`` (a name, or an integer index) among a result's layer ``names``.
+
+    Raises
+    ------
+    IndexOutOfRangeError
+        An integer index outside ``0..len(names) - 1``.
+    UnknownNameError
+        An unknown name (with the closest match).
+    """
+    names = [str(n) for n in names]
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        return check_index("layer", layer, len(names))
+    return names.index(check_option("layer", str(layer), names))
+
+
 def check_integer(name: str, value: Any) -> int:
     """Return ``value`` as int if it is an integer (not a bool); raise ``InvalidDataError`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

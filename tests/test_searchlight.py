@@ -327,3 +327,16 @@ def test_haxby_single_slice_category_structure(mirror):
     assert int(res["n_voxels"].max()) == 9  # the in-slice 3 x 3 disc
     c = res["correlation"].sel(layer="category").values
     assert np.nanmean(c) > 0.05 and np.nanmax(c) > 0.5
+
+
+def test_an_out_of_range_layer_index_raises_the_one_index_error_everywhere():
+    from neurocnn._validation import layer_index
+    from neurocnn.exceptions import IndexOutOfRangeError
+
+    result = xr.Dataset({"correlation": (("layer", "voxel"), np.zeros((2, 3)))},
+                        coords={"layer": ["a", "b"]})
+    with pytest.raises(IndexOutOfRangeError, match="layer=2 is out of range"):
+        sl.to_nifti(result, 2)
+    with pytest.raises(UnknownNameError, match="'c'"):
+        layer_index(result["layer"].values, "c")
+    assert layer_index(result["layer"].values, np.int64(1)) == 1

@@ -12,20 +12,10 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from .._validation import check_option
-from ..exceptions import ShapeMismatchError
+from .._validation import check_option, layer_index
 
 
 # ------------------------------------------------------------------- output
-def _layer_index(result: xr.Dataset, layer: str | int) -> int:
-    names = [str(v) for v in result["layer"].values]
-    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
-        if not 0 <= layer < len(names):
-            raise ShapeMismatchError(f"layer index {layer} out of range (0..{len(names) - 1}).")
-        return int(layer)
-    return names.index(check_option("layer", str(layer), names))
-
-
 def to_nifti(result: xr.Dataset, layer: str | int = 0, *, var: str = "correlation",
              fill_value: float = 0.0) -> nib.Nifti1Image:
     """One layer's searchlight map as a 3-D NIfTI image on the data's grid.
@@ -56,7 +46,7 @@ def to_nifti(result: xr.Dataset, layer: str | int = 0, *, var: str = "correlatio
     >>> img = to_nifti(res, "stage4")  # doctest: +SKIP
     """
     check_option("variable", var, [v for v in result.data_vars if result[v].dims == ("layer", "voxel")])
-    li = _layer_index(result, layer)
+    li = layer_index(result["layer"].values, layer)
     shape = tuple(int(s) for s in np.ravel(result.attrs["shape"]))
     affine = np.asarray(result.attrs["affine"], dtype=np.float64).reshape(4, 4)
     vol = np.full(shape, fill_value, np.float32)
@@ -201,7 +191,7 @@ def plot_searchlight(result: xr.Dataset, layer: str | int = 0, *, kind: str = "s
 
     check_option("kind", kind, _PLOTS)
     img = to_nifti(result, layer, var=var)
-    li = _layer_index(result, layer)
+    li = layer_index(result["layer"].values, layer)
     values = np.abs(np.asarray(img.dataobj))
     vmax = float(vmax) if vmax is not None else float(max(values.max(), 1e-6))
     if kind == "stat_map" and bg_img is None:
