@@ -12,6 +12,14 @@
   that cannot be traced falls back to full forward passes, same numbers, slower).
 - :func:`model_on`: the one "move the model to a device and back" context.
 - The thread policy (:func:`set_num_threads`, :func:`thread_policy`).
+- CPU layout (:func:`cpu_chunks`): on the CPU, gradient-free passes run in
+  cache-sized chunks of channels-last images. A CNN's forward pass on a CPU is bound by
+  memory traffic, not arithmetic, once a batch's activations overflow the caches:
+  EfficientNet-Lite0 runs 18 images/s at batch 256 and 60-75 images/s in chunks of
+  four 224 px channels-last images on the same two cores. The chunk holds about
+  ``CPU_CHUNK_PIXELS`` input pixels (four 224 x 224 images), whatever the batch size
+  the caller asked for; values agree with a single contiguous pass to float
+  precision (about 1e-6 relative). GPU passes and passes with gradients are unchanged.
 
 Thread policy
 -------------
@@ -65,6 +73,8 @@ __all__ = [
     "earliest_layer",
     "pool_features",
     "CachedOutputs",
+    "cpu_chunks",
+    "CPU_CHUNK_PIXELS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -204,6 +214,65 @@ def model_on(model: nn.Module, device: str | torch.device | None, home: torch.de
         model.to(home)
 
 
+# ------------------------------------------------------------------ CPU layout
+#: input pixels (height x width, summed over the images) of one CPU chunk: four 224 px images.
+CPU_CHUNK_PIXELS = 4 * 224 * 224
+
+
+def cpu_chunks(inputs: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+    """Split same-length batched inputs into cache-sized, channels-last chunks (CPU only).
+
+    Parameters
+    ----------
+    inputs : sequence of torch.Tensor
+        Tensors sharing their first (batch) dimension, e.g. images (N, C, H, W) or the
+        activations at a graph split.
+
+    Returns
+    -------
+    list of tuple of torch.Tensor
+        One tuple per chunk; the inputs unchanged (one chunk) unless they live on the
+        CPU and one of them is a 4-d map. A chunk holds about :data:`CPU_CHUNK_PIXELS`
+        spatial positions of the largest map; 4-d tensors are made channels-last.
+    """
+    maps = [t for t in inputs if t.ndim == 4]
+    if not maps or any(t.device.type != "cpu" for t in inputs):
+        return [tuple(inputs)]
+    n = maps[0].shape[0]
+    step = max(1, CPU_CHUNK_PIXELS // max(t.shape[-2] * t.shape[-1] for t in maps))
+    return [
+        tuple(t[i : i + step].contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t[i : i + step]
+              for t in inputs)
+        for i in range(0, n, step)
+    ]
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Chunk outputs concatenated back into one standard (contiguous) tensor."""
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return out.contiguous()
+
+
+def _chunked(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``fn(*inputs)`` evaluated chunk by chunk on the CPU (:func:`cpu_chunks`), gradient-free.
+
+    Every chunk tensor that still shares memory with ``inputs`` is cloned, so an
+    in-place operation of ``fn`` never changes ``inputs`` (e.g. a cached frontier).
+    """
+    outs = []
+    for chunk in cpu_chunks(inputs):
+        own = tuple(c.clone() if c.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() else c
+                    for c, t in zip(chunk, inputs))
+        outs.append(fn(*own))
+    return _joined(outs)
+
+
+def _split_outputs(head: Callable[..., Any], images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The head of a graph split on ``images``, chunk by chunk on the CPU, outputs joined per tensor."""
+    parts = [tuple(head(*chunk)) for chunk in cpu_chunks([images])]
+    return tuple(_joined(list(column)) for column in zip(*parts))
+
+
 # ------------------------------------------------------------------ hooked passes
 class _StopForward(Exception):
     """Raised inside a hook once every requested layer has been captured."""
@@ -303,23 +372,31 @@ class LayerForward:
     def run(self, images: torch.Tensor, names: Sequence[str], *, grad: bool = False) -> dict[str, torch.Tensor]:
         """Outputs (clones) of the modules ``names`` (dotted) for ``images``, keyed by name."""
         apply_thread_policy()
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         with self._lock:
-            if self.call_counts is None:
-                captured = self._counting_pass(images, names, grad)
-                self.check_single_call(names)
-            else:
-                self.check_single_call(names)
-                captured, _ = self._pass(images, names, grad=grad, stop=True)
+            for (chunk,) in self._chunks(images, grad):
+                if self.call_counts is None:
+                    captured = self._counting_pass(chunk, names, grad)
+                    self.check_single_call(names)
+                else:
+                    self.check_single_call(names)
+                    captured, _ = self._pass(chunk, names, grad=grad, stop=True)
+                for name in names:
+                    parts[name].append(captured[name])
         size = tuple(images.shape[-2:])
         for name in names:
-            self.shapes.setdefault((name, size), tuple(captured[name].shape[1:]))
-        return {name: captured[name] for name in names}
+            self.shapes.setdefault((name, size), tuple(parts[name][0].shape[1:]))
+        return {name: _joined(parts[name]) for name in names}
+
+    def _chunks(self, images: torch.Tensor, grad: bool) -> list[tuple[torch.Tensor, ...]]:
+        """CPU chunks (:func:`cpu_chunks`) of a gradient-free pass in eval mode; else the whole batch."""
+        return [(images,)] if grad or self.model.training else cpu_chunks([images])
 
     def output(self, images: torch.Tensor) -> torch.Tensor:
         """The model output for ``images`` (a plain pass, shapes cached)."""
         apply_thread_policy()
         with self._lock:
-            out = self.model(images)
+            out = _joined([self.model(*chunk) for chunk in self._chunks(images, torch.is_grad_enabled())])
         self.shapes.setdefault((None, tuple(images.shape[-2:])), tuple(out.shape[1:]))
         return out
 
@@ -468,7 +545,7 @@ class CachedOutputs:
             frontier = []
             for i in self._batches():
                 with torch.inference_mode():
-                    frontier.append(tuple(head(self.images[i : i + self.batch_size].to(self.subject.device))))
+                    frontier.append(_split_outputs(head, self.images[i : i + self.batch_size].to(self.subject.device)))
             size = sum(t.numel() * t.element_size() for batch in frontier for t in batch)
             if size > self.max_cache_bytes:
                 logger.info("frontier of %s is %d bytes; not cached", start, size)
@@ -480,7 +557,7 @@ class CachedOutputs:
         outs = []
         for batch in tqdm(frontier, desc="forward (from lesion)", disable=not self.progress, leave=False):
             with torch.inference_mode():
-                outs.append(pool_features(tail(*[t.clone() for t in batch])))
+                outs.append(pool_features(_chunked(tail, batch)))
         return np.concatenate(outs)
 
     def _split(self, start: str) -> Any:

@@ -142,3 +142,77 @@ def test_spearman_with_ties_matches_scipy():
     got = rsa.compare_rdms(a, b, method="spearman").values
     want = [[scipy.stats.spearmanr(x, y).statistic for y in b] for x in a]
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_chunks_are_cache_sized_and_channels_last():
+    images = torch.randn(10, 3, 224, 224)
+    vectors = torch.randn(10, 5)
+    chunks = forward.cpu_chunks([images, vectors])
+    assert [len(c[0]) for c in chunks] == [4, 4, 2]  # CPU_CHUNK_PIXELS = four 224 px images
+    assert all(c[0].is_contiguous(memory_format=torch.channels_last) for c in chunks)
+    torch.testing.assert_close(torch.cat([c[1] for c in chunks]), vectors, rtol=0, atol=0)
+    small = forward.cpu_chunks([torch.randn(300, 3, 8, 8)])
+    assert len(small) == 1 and len(small[0][0]) == 300
+    assert forward.cpu_chunks([vectors])[0][0] is vectors  # nothing spatial: unchanged
+
+
+def test_chunked_passes_equal_one_contiguous_pass():
+    """A subject's layer outputs and model output equal a plain pass of the whole batch."""
+    subject = nc.VirtualSubject("efficientnet_lite0")
+    x = torch.randn(9, 3, 224, 224)
+    with torch.inference_mode():
+        got = subject.forward_layers(x, ["stage2", "stage5"])
+        out = subject.forward_output(x)
+        captured = {}
+        hooks = [subject.module(n).register_forward_hook(lambda m, i, o, n=n: captured.__setitem__(n, o.clone()))
+                 for n in ("stage2", "stage5")]
+        try:
+            want = subject.model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+    for name in ("stage2", "stage5"):
+        assert got[name].is_contiguous()
+        scale = captured[name].abs().max().item()  # float32 noise of a different summation order
+        torch.testing.assert_close(got[name], captured[name], rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5 * want.abs().max().item())
+
+
+def test_chunked_tail_never_changes_the_cached_frontier():
+    """The tail of a split may run in-place ops (ReLU(inplace=True)); the frontier stays intact."""
+
+    class Inplace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv2(self.relu(self.conv1(x)))
+
+    net = Inplace().eval()
+    head, tail = forward.split_graph(net, "relu", None)
+    x = torch.randn(6, 3, 16, 16)
+    with torch.inference_mode():
+        frontier = forward._split_outputs(head, x)
+        before = [t.clone() for t in frontier]
+        got = forward._chunked(tail, frontier)
+        want = net(x)
+    for a, b in zip(frontier, before):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_training_mode_and_gradient_passes_are_not_chunked():
+    """BatchNorm in training mode normalizes over the batch: such passes must see the whole batch."""
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2)).train()
+    subject = nc.VirtualSubject(net, preprocessing=IDENTITY, name="bn")
+    subject.model.train()
+    x = torch.randn(600, 3, 32, 32)  # 600 x 32 x 32 pixels: 3 CPU chunks in eval mode
+    assert len(forward.cpu_chunks([x])) > 1
+    assert len(subject._forward._chunks(x, grad=False)) == 1
+    subject.model.eval()
+    assert len(subject._forward._chunks(x, grad=True)) == 1
+    assert len(subject._forward._chunks(x, grad=False)) > 1
