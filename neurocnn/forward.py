@@ -16,10 +16,12 @@
   cache-sized chunks of channels-last images. A CNN's forward pass on a CPU is bound by
   memory traffic, not arithmetic, once a batch's activations overflow the caches:
   EfficientNet-Lite0 runs 18 images/s at batch 256 and 60-75 images/s in chunks of
-  four 224 px channels-last images on the same two cores. The chunk holds about
-  ``CPU_CHUNK_PIXELS`` input pixels (four 224 x 224 images), whatever the batch size
-  the caller asked for; values agree with a single contiguous pass to float
-  precision (about 1e-6 relative). GPU passes and passes with gradients are unchanged.
+  four 224 px channels-last images on the same two cores. A chunk holds
+  ``max(4, CPU_CHUNK_POSITIONS // (H * W))`` samples of an (N, C, H, W) input (four
+  images, or more of a small map such as the activations at a graph split), whatever
+  the batch size the caller asked for; values agree with a single contiguous pass to
+  float precision (about 1e-6 relative). GPU passes and passes with gradients are
+  unchanged.
 
 Thread policy
 -------------
@@ -74,7 +76,7 @@ __all__ = [
     "pool_features",
     "CachedOutputs",
     "cpu_chunks",
-    "CPU_CHUNK_PIXELS",
+    "CPU_CHUNK_POSITIONS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,8 +217,11 @@ def model_on(model: nn.Module, device: str | torch.device | None, home: torch.de
 
 
 # ------------------------------------------------------------------ CPU layout
-#: input pixels (height x width, summed over the images) of one CPU chunk: four 224 px images.
-CPU_CHUNK_PIXELS = 4 * 224 * 224
+#: spatial positions (height x width, summed over the samples) of one CPU chunk of small maps;
+#: a chunk never holds fewer than ``_CPU_MIN_CHUNK`` samples. Measured on EfficientNet-Lite0
+#: (2 cores): best at 4 images of 224 px, 4 maps of 112 px, 8 of 56 px.
+CPU_CHUNK_POSITIONS = 8 * 56 * 56
+_CPU_MIN_CHUNK = 4
 
 
 def cpu_chunks(inputs: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
@@ -232,14 +237,14 @@ def cpu_chunks(inputs: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]
     -------
     list of tuple of torch.Tensor
         One tuple per chunk; the inputs unchanged (one chunk) unless they live on the
-        CPU and one of them is a 4-d map. A chunk holds about :data:`CPU_CHUNK_PIXELS`
-        spatial positions of the largest map; 4-d tensors are made channels-last.
+        CPU and one of them is a 4-d map. A chunk holds ``max(4, CPU_CHUNK_POSITIONS //
+        (H * W))`` samples (H x W: the largest map's); 4-d tensors are made channels-last.
     """
     maps = [t for t in inputs if t.ndim == 4]
     if not maps or any(t.device.type != "cpu" for t in inputs):
         return [tuple(inputs)]
     n = maps[0].shape[0]
-    step = max(1, CPU_CHUNK_PIXELS // max(t.shape[-2] * t.shape[-1] for t in maps))
+    step = max(_CPU_MIN_CHUNK, CPU_CHUNK_POSITIONS // max(1, max(t.shape[-2] * t.shape[-1] for t in maps)))
     return [
         tuple(t[i : i + step].contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t[i : i + step]
               for t in inputs)

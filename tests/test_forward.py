@@ -148,9 +148,11 @@ def test_cpu_chunks_are_cache_sized_and_channels_last():
     images = torch.randn(10, 3, 224, 224)
     vectors = torch.randn(10, 5)
     chunks = forward.cpu_chunks([images, vectors])
-    assert [len(c[0]) for c in chunks] == [4, 4, 2]  # CPU_CHUNK_PIXELS = four 224 px images
+    assert [len(c[0]) for c in chunks] == [4, 4, 2]  # four 224 px images per chunk
     assert all(c[0].is_contiguous(memory_format=torch.channels_last) for c in chunks)
     torch.testing.assert_close(torch.cat([c[1] for c in chunks]), vectors, rtol=0, atol=0)
+    maps = forward.cpu_chunks([torch.randn(20, 24, 56, 56)])
+    assert [len(c[0]) for c in maps] == [8, 8, 4]  # CPU_CHUNK_POSITIONS = eight 56 x 56 maps
     small = forward.cpu_chunks([torch.randn(300, 3, 8, 8)])
     assert len(small) == 1 and len(small[0][0]) == 300
     assert forward.cpu_chunks([vectors])[0][0] is vectors  # nothing spatial: unchanged
@@ -210,7 +212,7 @@ def test_training_mode_and_gradient_passes_are_not_chunked():
     net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2)).train()
     subject = nc.VirtualSubject(net, preprocessing=IDENTITY, name="bn")
     subject.model.train()
-    x = torch.randn(600, 3, 32, 32)  # 600 x 32 x 32 pixels: 3 CPU chunks in eval mode
+    x = torch.randn(80, 3, 32, 32)  # 80 x 32 x 32 positions: 4 CPU chunks in eval mode
     assert len(forward.cpu_chunks([x])) > 1
     assert len(subject._forward._chunks(x, grad=False)) == 1
     subject.model.eval()
