@@ -40,7 +40,7 @@ import _common  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
 from neurocnn.receptive_fields import (  # noqa: E402
-    empirical_rf,
+    empirical_rfs,
     plot_discrepancy_maps,
     plot_rf_sizes,
     plot_rfs,
@@ -118,18 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         n_channels = {name: out_.shape[1] for name, out_ in subject.forward_layers(probe, layers).items()}
     rng = np.random.default_rng(args.seed)
+    channels = {layer: np.sort(rng.choice(n_channels[layer], size=min(settings["units"], n_channels[layer]),
+                                          replace=False)).tolist() for layer in layers}
+    start = time.perf_counter()
+    mapped = empirical_rfs(
+        subject, channels, stim, top_k=settings["top_k"], window=settings["window"], stride=settings["stride"],
+        fill="random", seed=args.seed, batch_size=args.batch_size, device=args.device, progress=args.progress,
+    )
+    wall = time.perf_counter() - start
     results, seconds = [], {}
     for layer in layers:
-        channels = np.sort(rng.choice(n_channels[layer], size=min(settings["units"], n_channels[layer]), replace=False))
-        start = time.perf_counter()
-        result = empirical_rf(
-            subject, layer, channels.tolist(), stim, top_k=settings["top_k"], window=settings["window"],
-            stride=settings["stride"], fill="random", seed=args.seed, batch_size=args.batch_size,
-            device=args.device, progress=args.progress,
-        )
-        seconds[layer] = time.perf_counter() - start
+        result = mapped[layer]
+        seconds[layer] = result.attrs["occlusion_seconds"]
         result.attrs["channel_seed"] = args.seed
-        result.attrs["seconds"] = seconds[layer]
         results.append(result)
         nc.save(result, out / f"empirical_rf_{layer}.nc", overwrite=args.overwrite)
         nc.plotting.save_figure(plot_rfs(result), out / f"rfs_{layer}.png", overwrite=args.overwrite)
@@ -145,17 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: theoretical %.0f px, empirical %.1f +- %.1f px (%d units); %s occlusion, %.1f s", layer,
                  row["theoretical_size"].item(), row["empirical_mean"].item(), row["empirical_std"].item(),
                  row["n_units"].item(), result.attrs["occlusion_mode"], seconds[layer])
-    run = _run_values(subject, settings, summary, results, seconds, args)
+    run = _run_values(subject, settings, summary, results, seconds, wall, args)
     _common.write_headline(out, lambda folder: {**headline(folder), **run})
-    log.info("total occlusion time %.1f s for %d layers", sum(seconds.values()), len(layers))
+    log.info("total run time %.1f s for %d layers (occlusion %.1f s)", wall, len(layers), sum(seconds.values()))
     return 0
 
 
-def _run_values(subject, settings: dict, summary, results: list, seconds: dict, args) -> dict[str, str]:
+def _run_values(subject, settings: dict, summary, results: list, seconds: dict, wall: float, args) -> dict[str, str]:
     """Headline values of this run beyond the manuscript's: protocol, occlusion mode and time per layer."""
     rows = [[str(layer), _common.fmt(summary["theoretical_size"].sel(layer=layer).item(), 0),
              _common.fmt(summary["empirical_mean"].sel(layer=layer).item(), 1), str(result.attrs["occlusion_mode"]),
-             _common.fmt(result.attrs["crop_area_fraction"], 3), _common.fmt(seconds[str(layer)], 1)]
+             _common.fmt(result.attrs["crop_area_fraction"], 3), _common.fmt_int(result.attrs["n_shared_full_maps"]),
+             _common.fmt(seconds[str(layer)], 1)]
             for layer, result in zip(summary["layer"].values, results)]
     return {
         "rf_model": subject.name,
@@ -163,11 +165,12 @@ def _run_values(subject, settings: dict, summary, results: list, seconds: dict, 
         "rf_mode": "quick" if args.quick else "full",
         "rf_units_per_layer": _common.fmt_int(settings["units"]),
         "rf_n_images": _common.fmt_int(settings["images"]),
-        "rf_seconds_total": _common.fmt(sum(seconds.values()), 1),
+        "rf_seconds_total": _common.fmt(wall, 1),
         "rf_torch_threads": _common.fmt_int(torch.get_num_threads()),
         "rf_device": str(args.device or subject.device),
         "rf_timing_table": _common.md_table(
-            ["layer", "theoretical (px)", "empirical mean (px)", "occlusion", "crop area fraction", "seconds"], rows),
+            ["layer", "theoretical (px)", "empirical mean (px)", "occlusion", "crop area fraction",
+             "maps in shared passes", "seconds"], rows),
     }
 
 

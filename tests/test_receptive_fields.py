@@ -15,6 +15,7 @@ from neurocnn.exceptions import InvalidDataError, ShapeMismatchError, StimulusEr
 from neurocnn.receptive_fields import (
     RFBox,
     empirical_rf,
+    empirical_rfs,
     occlude,
     plot_discrepancy_maps,
     plot_rf_sizes,
@@ -266,6 +267,50 @@ def test_empirical_bad_input():
         empirical_rf(subject, "2", [0], images, top_k=1, fill="meen", progress=False)
     with pytest.raises(InvalidDataError, match="unit=3"):
         plot_rfs(empirical_rf(subject, "2", [0], images, top_k=1, stride=4, progress=False), [3])
+
+
+def _deep_tiny_subject() -> nc.VirtualSubject:
+    """Four seeded 3x3 convs (stride 1, 2, 2, 2, padding 1): layer "6" (RF 17 px) sees all of a 12 px image."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2, padding=1),
+                        nn.ReLU())
+    return nc.VirtualSubject(net.eval(), preprocessing=IDENTITY, name="deep_tiny")
+
+
+def test_empirical_rfs_share_whole_image_passes_and_equal_one_layer_runs():
+    """Several layers at once give each layer's empirical_rf result; whole-image maps share passes."""
+    subject = _deep_tiny_subject()
+    images = _positive_images(n=6, size=12)
+    kwargs = {"top_k": 3, "window": 3, "stride": 1, "fill": "random", "seed": 2, "progress": False}
+    units = {"0": [1, 3], "2": [0], "6": [0, 2], "7": [1]}
+    together = empirical_rfs(subject, units, images, **kwargs)
+    assert list(together) == list(units)
+    for layer, channels in units.items():
+        alone = empirical_rf(subject, layer, channels, images, **kwargs)
+        xr.testing.assert_allclose(together[layer][["discrepancy", "rf", "size"]], alone[["discrepancy", "rf", "size"]],
+                                   rtol=1e-5, atol=1e-6)
+        assert together[layer]["stimulus"].values.tolist() == alone["stimulus"].values.tolist()
+    # layer "0" (3 px RFs) runs on crops; "6" and "7" (RF 17 px > 12 px image) on shared whole images
+    assert together["0"].attrs["occlusion_mode"] == "crop" and together["0"].attrs["n_shared_full_maps"] == 0
+    for layer in ("6", "7"):
+        attrs = together[layer].attrs
+        assert attrs["occlusion_mode"] == "full" and "whole image" in attrs["occlusion_reason"]
+        assert attrs["n_shared_full_maps"] > 0 and attrs["occlusion_seconds"] > 0
+    assert empirical_rf(subject, "6", [0], images, **kwargs).attrs["n_shared_full_maps"] == 0
+
+
+def test_empirical_rfs_bad_input():
+    subject = _deep_tiny_subject()
+    images = _positive_images(n=3, size=12)
+    with pytest.raises(InvalidDataError, match="map layer names to channels"):
+        empirical_rfs(subject, {}, images, top_k=1, progress=False)
+    with pytest.raises(InvalidDataError, match="map layer names to channels"):
+        empirical_rfs(subject, ["6"], images, top_k=1, progress=False)
+    with pytest.raises(InvalidDataError, match="Channel 7 is out of range: layer '6' has 3 channels"):
+        empirical_rfs(subject, {"0": [0], "6": [7]}, images, top_k=1, progress=False)
+    with pytest.raises(UnknownNameError):
+        empirical_rfs(subject, {"0": [0], "conv9": [0]}, images, top_k=1, progress=False)
 
 
 # ------------------------------------------------------------- real weights

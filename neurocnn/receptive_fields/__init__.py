@@ -8,11 +8,12 @@
   value on the full image (the network's border padding reproduced where the field
   touches the image border), certified op by op.
 - :mod:`.empirical`: :func:`empirical_rf` (Zhou et al. 2015 sliding-window occlusion,
-  evaluated on exact crops where possible) and :func:`rf_size_summary`.
+  evaluated on exact crops where possible), :func:`empirical_rfs` (several layers
+  sharing forward passes) and :func:`rf_size_summary`.
 - :mod:`.plotting`: discrepancy maps, averaged RFs, sizes per layer.
 """
 
-from .empirical import empirical_rf, rf_size_summary
+from .empirical import empirical_rf, empirical_rfs, rf_size_summary
 from .occlusion import RFCrop, occlude, rf_crop
 from .plotting import plot_discrepancy_maps, plot_rf_sizes, plot_rfs
 from .theoretical import RFBox, rf_box, theoretical_rf
@@ -25,6 +26,7 @@ __all__ = [
     "rf_box",
     "rf_crop",
     "empirical_rf",
+    "empirical_rfs",
     "rf_size_summary",
     "plot_discrepancy_maps",
     "plot_rfs",

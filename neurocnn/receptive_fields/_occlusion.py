@@ -1,8 +1,9 @@
 """Occlusion engine (private): discrepancy maps of many (unit, image) pairs, on exact crops.
 
-Each requested map is one unit (a channel at its argmax position) and one image. Maps
-whose units share an image and an evaluation box (the whole image, or the unit's
-:func:`~._geometry._crop_box`) share forward passes; occluders that miss the
+Each requested map is one unit (a channel at its argmax position, of any layer) and one
+image. Maps whose units share an image and an evaluation box (the whole image, or the
+unit's :func:`~._geometry._crop_box`) share forward passes (on the whole image, across
+layers: one pass to the deepest layer serves them all); occluders that miss the
 theoretical RF of every unit of a group are not run (their discrepancy is exactly 0 by
 construction of the RF). A crop is used only where it is certified exact
 (:class:`~._geometry._CropChecker`), and the unoccluded crop's activation is checked
@@ -11,6 +12,7 @@ against the full image's at run time; anything else is evaluated on the full ima
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,9 +68,10 @@ class _Occluders:
 
 @dataclass(frozen=True)
 class _Rows:
-    """The requested maps, one row each: image index, channel, argmax position, activation."""
+    """The requested maps, one row each: image index, layer, channel, argmax position, activation."""
 
     image: np.ndarray
+    layer: np.ndarray
     channel: np.ndarray
     unit_y: np.ndarray
     unit_x: np.ndarray
@@ -77,7 +80,11 @@ class _Rows:
 
 @dataclass(frozen=True)
 class _Group:
-    """Rows evaluated together: one image, one box (None: the whole image), the units' positions in it."""
+    """Rows evaluated together: one image, one box (None: the whole image), the units' positions in it.
+
+    A crop group holds one layer's rows; a whole-image group holds the rows of every
+    layer that needs that image (one forward pass serves them all).
+    """
 
     image: int
     rows: np.ndarray
@@ -94,19 +101,23 @@ def _full_groups(rows: _Rows, which: np.ndarray) -> list[_Group]:
     return groups
 
 
-def _crop_groups(rows: _Rows, trace: _Trace, hw: tuple[int, int], checker: _CropChecker) -> tuple[list[_Group], dict]:
-    """Groups on exact crops, plus the rows whose crop size failed the check (and why)."""
+def _crop_groups(
+    rows: _Rows, which: np.ndarray, traces: dict[str, _Trace], hw: tuple[int, int], checkers: dict[str, _CropChecker]
+) -> tuple[list[_Group], dict[int, str]]:
+    """Groups on exact crops, plus the rows evaluated on the whole image instead (and why)."""
     buckets: dict[tuple, list[int]] = {}
     shifted: dict[int, tuple[int, int]] = {}
-    for row in range(len(rows.image)):
-        box, unit = _crop_box(trace.geometry, (int(rows.unit_y[row]), int(rows.unit_x[row])), hw)
-        buckets.setdefault((int(rows.image[row]), box), []).append(row)
-        shifted[row] = unit
+    for row in which:
+        layer = str(rows.layer[row])
+        box, unit = _crop_box(traces[layer].geometry, (int(rows.unit_y[row]), int(rows.unit_x[row])), hw)
+        buckets.setdefault((int(rows.image[row]), layer, box), []).append(int(row))
+        shifted[int(row)] = unit
     groups, failed = [], {}
-    for (image, box), members in buckets.items():
-        reason = checker((box[1] - box[0], box[3] - box[2]))
+    for (image, layer, box), members in buckets.items():
+        crop_hw = (box[1] - box[0], box[3] - box[2])
+        reason = "the theoretical RF covers the whole image" if crop_hw == hw else checkers[layer](crop_hw)
         if reason:
-            failed.update(dict.fromkeys(members, f"{box[1] - box[0]} x {box[3] - box[2]} crops: {reason}"))
+            failed.update(dict.fromkeys(members, reason if crop_hw == hw else f"{crop_hw[0]} x {crop_hw[1]} crops: {reason}"))
             continue
         members = np.asarray(members)
         groups.append(_Group(image, members, box, np.array([shifted[r][0] for r in members]),
@@ -114,21 +125,32 @@ def _crop_groups(rows: _Rows, trace: _Trace, hw: tuple[int, int], checker: _Crop
     return groups, failed
 
 
+def _hits(rows: _Rows, members: np.ndarray, occluders: _Occluders, traces: dict[str, _Trace]) -> torch.Tensor:
+    """(rows, occluders): does the occluder overlap the theoretical RF of the row's unit?"""
+    geometry = [traces[str(layer)].geometry for layer in rows.layer[members]]
+    y0 = torch.as_tensor([gy.start + y * gy.jump for (gy, _), y in zip(geometry, rows.unit_y[members])])[:, None]
+    x0 = torch.as_tensor([gx.start + x * gx.jump for (_, gx), x in zip(geometry, rows.unit_x[members])])[:, None]
+    size_y = torch.as_tensor([gy.size for gy, _ in geometry])[:, None]
+    size_x = torch.as_tensor([gx.size for _, gx in geometry])[:, None]
+    window = occluders.patches.shape[-1]
+    top, left = occluders.top[None], occluders.left[None]
+    return (top < y0 + size_y) & (top + window > y0) & (left < x0 + size_x) & (left + window > x0)
+
+
 def _run_group(
-    subject: VirtualSubject, layer: str, image: torch.Tensor, group: _Group, rows: _Rows, occluders: _Occluders,
-    geometry: Any, batch_size: int,
+    subject: VirtualSubject, image: torch.Tensor, group: _Group, rows: _Rows, occluders: _Occluders,
+    traces: dict[str, _Trace], batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(needed occluder indices, discrepancies (rows, needed)); None if a crop failed its run-time check."""
-    gy, gx = geometry
-    window = occluders.patches.shape[-1]
     device = image.device
-    y0 = torch.as_tensor(gy.start + rows.unit_y[group.rows] * gy.jump)[:, None]
-    x0 = torch.as_tensor(gx.start + rows.unit_x[group.rows] * gx.jump)[:, None]
-    top, left = occluders.top[None], occluders.left[None]
-    hits = (top < y0 + gy.size) & (top + window > y0) & (left < x0 + gx.size) & (left + window > x0)
+    hits = _hits(rows, group.rows, occluders, traces)
     needed = torch.nonzero(hits.any(0)).flatten()
-    ch = torch.as_tensor(rows.channel[group.rows], device=device)
-    yy, xx = torch.as_tensor(group.unit_y, device=device), torch.as_tensor(group.unit_x, device=device)
+    layer_of = rows.layer[group.rows]
+    layers = list(dict.fromkeys(str(x) for x in layer_of))
+    picks = [(np.flatnonzero(layer_of == layer), layer) for layer in layers]
+    index_of = {layer: (torch.as_tensor(rows.channel[group.rows][m], device=device),
+                        torch.as_tensor(group.unit_y[m], device=device), torch.as_tensor(group.unit_x[m], device=device))
+                for m, layer in picks}
     peak = rows.peak[group.rows]
     values = np.empty((len(group.rows), len(needed)), dtype=np.float32)
     starts = list(range(0, len(needed), batch_size)) or ([0] if group.box is not None else [])
@@ -141,7 +163,11 @@ def _run_group(
             y_0, y_1, x_0, x_1 = group.box
             batch = torch.cat([image[None, :, y_0:y_1, x_0:x_1], batch])
         with torch.inference_mode():
-            out = subject.forward_layers(batch, [layer])[layer][:, ch, yy, xx].float().cpu().numpy().T
+            outs = subject.forward_layers(batch, layers)
+        out = np.empty((len(group.rows), batch.shape[0]), dtype=np.float32)
+        for m, layer in picks:
+            ch, yy, xx = index_of[layer]
+            out[m] = outs[layer][:, ch, yy, xx].float().cpu().numpy().T
         if check:
             if np.any(np.abs(out[:, 0] - peak) > _CHECK_RTOL * np.maximum(1.0, np.abs(peak))):
                 return None
@@ -151,56 +177,84 @@ def _run_group(
     return needed.numpy(), drop
 
 
+def _plan(
+    subject: VirtualSubject, rows: _Rows, traces: dict[str, _Trace], hw: tuple[int, int], occlusion: Occlusion
+) -> tuple[list[_Group], dict[int, str]]:
+    """Crop groups where certified exact, whole-image groups (shared across layers) for the rest, and why."""
+    everything = np.arange(len(rows.image))
+    reasons: dict[int, str] = {}
+    crop_rows = []
+    checkers: dict[str, _CropChecker] = {}
+    for layer in dict.fromkeys(str(x) for x in rows.layer):
+        members = everything[rows.layer == layer]
+        trace = traces[layer]
+        if _MODES[occlusion] and not trace.unsafe:
+            checkers[layer] = _CropChecker(subject, layer, hw, trace)
+            crop_rows.append(members)
+        elif occlusion == "crop":
+            raise ShapeMismatchError(f"No exact crop for layer {layer!r}: {trace.unsafe}. Use occlusion='auto' or 'full'.")
+        else:
+            reasons.update(dict.fromkeys(members.tolist(), trace.unsafe if _MODES[occlusion] else "occlusion='full' requested"))
+    groups, failed = _crop_groups(rows, np.concatenate(crop_rows) if crop_rows else everything[:0], traces, hw, checkers)
+    reasons.update(failed)
+    return groups + _full_groups(rows, np.asarray(sorted(reasons), dtype=int)), reasons
+
+
 def _occlusion_maps(
-    subject: VirtualSubject, stim: Any, layer: str, rows: _Rows, occluders: _Occluders, trace: _Trace,
+    subject: VirtualSubject, stim: Any, rows: _Rows, occluders: _Occluders, traces: dict[str, _Trace],
     hw: tuple[int, int], *, occlusion: Occlusion, batch_size: int, device: torch.device, progress: bool,
-) -> tuple[np.ndarray, dict[str, str | int | float]]:
-    """Discrepancy maps (rows, occluders) and how they were evaluated (attrs)."""
+) -> tuple[np.ndarray, dict[str, dict[str, str | int | float]]]:
+    """Discrepancy maps (rows, occluders) and, per layer, how they were evaluated (attrs).
+
+    Whole-image groups serve every layer that needs the image with one forward pass;
+    their time is split over the layers in proportion to the maps each layer has there.
+    """
     n_rows = len(rows.image)
-    everything = np.arange(n_rows)
-    failed: dict[int, str] = {}
-    if _MODES[occlusion] and not trace.unsafe:
-        groups, failed = _crop_groups(rows, trace, hw, _CropChecker(subject, layer, hw, trace))
-        groups += _full_groups(rows, np.asarray(sorted(failed), dtype=int))
-        reason = "; ".join(sorted(set(failed.values())))
-    elif occlusion == "crop":
-        raise ShapeMismatchError(f"No exact crop for layer {layer!r}: {trace.unsafe}. Use occlusion='auto' or 'full'.")
-    else:
-        groups = _full_groups(rows, everything)
-        reason = trace.unsafe if _MODES[occlusion] else "occlusion='full' requested"
+    groups, reasons = _plan(subject, rows, traces, hw, occlusion)
     maps = np.zeros((n_rows, len(occluders.top)), dtype=np.float32)
     patches = _Occluders(occluders.top, occluders.left, occluders.patches.to(device))
     groups.sort(key=lambda g: g.image)
     cached: tuple[int, torch.Tensor] | None = None
-    on_crop, crop_area, retried = np.zeros(n_rows, bool), np.zeros(n_rows), []
+    on_crop, crop_area, shared, retried = np.zeros(n_rows, bool), np.zeros(n_rows), np.zeros(n_rows, bool), []
+    seconds = np.zeros(n_rows)
     queue = list(groups)
-    bar = tqdm(total=len(queue), desc=f"occluding ({layer})", disable=not progress)
+    bar = tqdm(total=len(queue), desc="occluding", disable=not progress)
     while queue:
         group = queue.pop(0)
+        start = time.perf_counter()
         if cached is None or cached[0] != group.image:
             cached = (group.image, subject.preprocessing(stim.load(group.image)).to(device))
-        result = _run_group(subject, layer, cached[1], group, rows, patches, trace.geometry, batch_size)
+        result = _run_group(subject, cached[1], group, rows, patches, traces, batch_size)
         if result is None:  # the run-time check failed: redo these maps on the full image
             retried.extend(group.rows.tolist())
             queue.insert(0, _Group(group.image, group.rows, None, rows.unit_y[group.rows], rows.unit_x[group.rows]))
             continue
         needed, drop = result
         maps[group.rows[:, None], needed[None]] = drop
+        seconds[group.rows] += (time.perf_counter() - start) / len(group.rows)
         if group.box is not None:
             on_crop[group.rows] = True
             crop_area[group.rows] = (group.box[1] - group.box[0]) * (group.box[3] - group.box[2]) / (hw[0] * hw[1])
+        elif len(set(rows.layer[group.rows].tolist())) > 1:
+            shared[group.rows] = True
         bar.update()
     bar.close()
-    if retried:
-        reason = "; ".join(filter(None, [reason, f"{len(retried)} crop(s) failed the run-time check"]))
-    n_crop = int(on_crop.sum())
-    mode = "crop" if n_crop == n_rows else "full" if n_crop == 0 else "crop+full"
-    info = {
-        "occlusion": occlusion,
-        "occlusion_mode": mode,
-        "occlusion_reason": reason or "every map evaluated on exact crops",
-        "n_crop_maps": n_crop,
-        "n_full_maps": n_rows - n_crop,
-        "crop_area_fraction": float(crop_area[on_crop].mean()) if n_crop else 1.0,
-    }
+    info = {}
+    for layer in dict.fromkeys(str(x) for x in rows.layer):
+        mine = rows.layer == layer
+        n_crop, n_mine = int(on_crop[mine].sum()), int(mine.sum())
+        why = sorted({reasons[r] for r in np.flatnonzero(mine) if r in reasons})
+        n_retried = int(np.isin(np.flatnonzero(mine), retried).sum())
+        if n_retried:
+            why.append(f"{n_retried} crop(s) failed the run-time check")
+        info[layer] = {
+            "occlusion": occlusion,
+            "occlusion_mode": "crop" if n_crop == n_mine else "full" if n_crop == 0 else "crop+full",
+            "occlusion_reason": "; ".join(why) or "every map evaluated on exact crops",
+            "n_crop_maps": n_crop,
+            "n_full_maps": n_mine - n_crop,
+            "n_shared_full_maps": int(shared[mine].sum()),
+            "crop_area_fraction": float(crop_area[mine & on_crop].mean()) if n_crop else 1.0,
+            "occlusion_seconds": float(seconds[mine].sum()),
+        }
     return maps, info

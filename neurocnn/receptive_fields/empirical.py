@@ -13,7 +13,7 @@ exact (:func:`neurocnn.receptive_fields.rf_crop`), else on the full image.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -37,35 +37,42 @@ from ._occlusion import (
     _Rows,
 )
 
-__all__ = ["empirical_rf", "rf_size_summary"]
+__all__ = ["empirical_rf", "empirical_rfs", "rf_size_summary"]
 
 Fill = Literal["random", "mean"]
 
 
 def _top_images(
-    subject: VirtualSubject, stim: Any, layer: str, channels: np.ndarray, batch_size: int, progress: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per requested channel: max activation over space and its (y, x), for every stimulus."""
-    peaks, where = [], []
-    map_size = None
+    subject: VirtualSubject, stim: Any, channels: dict[str, np.ndarray], batch_size: int, progress: bool
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per layer and requested channel: max activation over space and its (y, x), for every stimulus.
+
+    One pass over the stimuli serves every layer.
+    """
+    peaks: dict[str, list] = {layer: [] for layer in channels}
+    where: dict[str, list] = {layer: [] for layer in channels}
+    map_size: dict[str, tuple[int, int]] = {}
     for _, batch in tqdm(stim.batches(batch_size, subject.preprocessing), desc="top images", disable=not progress):
         with torch.inference_mode():
-            out = subject.forward_layers(batch.to(subject.device), [layer])[layer]
-        if out.ndim != 4:
-            raise ShapeMismatchError(f"Layer {layer!r} has output shape {tuple(out.shape)}; it is not spatial.")
-        if channels.max() >= out.shape[1]:
-            raise InvalidDataError(
-                f"Channel {int(channels.max())} is out of range: layer {layer!r} has "
-                f"{out.shape[1]} channels (valid 0..{out.shape[1] - 1})."
-            )
-        map_size = tuple(out.shape[-2:])
-        flat = out[:, torch.as_tensor(channels, device=out.device)].flatten(2).float()
-        value, index = flat.max(dim=2)
-        peaks.append(value.cpu().numpy())
-        where.append(index.cpu().numpy())
-    index = np.concatenate(where)
-    return np.concatenate(peaks), index // map_size[1], index % map_size[1]
-
+            outs = subject.forward_layers(batch.to(subject.device), list(channels))
+        for layer, out in outs.items():
+            if out.ndim != 4:
+                raise ShapeMismatchError(f"Layer {layer!r} has output shape {tuple(out.shape)}; it is not spatial.")
+            if channels[layer].max() >= out.shape[1]:
+                raise InvalidDataError(
+                    f"Channel {int(channels[layer].max())} is out of range: layer {layer!r} has "
+                    f"{out.shape[1]} channels (valid 0..{out.shape[1] - 1})."
+                )
+            map_size[layer] = tuple(out.shape[-2:])
+            flat = out[:, torch.as_tensor(channels[layer], device=out.device)].flatten(2).float()
+            value, index = flat.max(dim=2)
+            peaks[layer].append(value.cpu().numpy())
+            where[layer].append(index.cpu().numpy())
+    result = {}
+    for layer in channels:
+        index = np.concatenate(where[layer])
+        result[layer] = (np.concatenate(peaks[layer]), index // map_size[layer][1], index % map_size[layer][1])
+    return result
 
 
 def empirical_rf(
@@ -164,47 +171,116 @@ def empirical_rf(
     >>> rf = empirical_rf(subject, "stage4", [0, 1, 2], "92images", top_k=5)  # doctest: +SKIP
     >>> rf["size"].values  # doctest: +SKIP
     """
+    return empirical_rfs(
+        subject, {layer: channels}, stimuli, top_k=top_k, window=window, stride=stride, fill=fill,
+        threshold=threshold, batch_size=batch_size, seed=seed, occlusion=occlusion, device=device, progress=progress,
+    )[layer]
+
+
+def empirical_rfs(
+    subject: VirtualSubject,
+    units: Mapping[str, int | Sequence[int]],
+    stimuli: Any,
+    *,
+    top_k: int = 10,
+    window: int = 11,
+    stride: int = 3,
+    fill: Fill = "random",
+    threshold: float = 0.5,
+    batch_size: int = 256,
+    seed: int = 0,
+    occlusion: Occlusion = "auto",
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, xr.Dataset]:
+    """Empirical receptive fields of several layers at once, sharing forward passes.
+
+    The same protocol and results as :func:`empirical_rf` for each layer (same values
+    to float precision), cheaper: one pass over the stimuli finds every layer's top
+    images, and where maps are evaluated on the whole image (deep layers, whose
+    theoretical RF covers the image) one forward pass of each occluded image serves
+    every layer and unit that needs that image.
+
+    Parameters
+    ----------
+    subject : VirtualSubject
+    units : mapping of str to int or sequence of int
+        Layer (name or alias) -> channels whose RFs to map.
+    stimuli, top_k, window, stride, fill, threshold, batch_size, seed, occlusion, device, progress
+        As in :func:`empirical_rf`.
+
+    Returns
+    -------
+    dict of str to xarray.Dataset
+        Per layer (keys as given), the Dataset :func:`empirical_rf` returns; attrs also
+        ``n_shared_full_maps`` (maps computed in whole-image passes shared with other
+        layers) and ``occlusion_seconds`` (occlusion time of the layer; a shared pass's
+        time split over its maps).
+
+    Raises
+    ------
+    InvalidDataError, ShapeMismatchError, StimulusError, UnknownNameError
+        As :func:`empirical_rf`; also for an empty ``units``.
+
+    Examples
+    --------
+    >>> rfs = empirical_rfs(subject, {"stage5": [0, 1], "head": [3]}, "92images")  # doctest: +SKIP
+    >>> rfs["head"]["size"].values  # doctest: +SKIP
+    """
     check_option("fill", fill, _FILLS)
     check_option("occlusion", occlusion, _MODES)
     for name, value in (("top_k", top_k), ("window", window), ("stride", stride), ("batch_size", batch_size)):
         check_positive_int(name, value)
     check_fraction("threshold", threshold)
-    channel_list = _channel_list(channels)
+    if not isinstance(units, Mapping) or not units:
+        raise InvalidDataError(f"units must map layer names to channels, e.g. {{'stage4': [0, 1]}}; got {units!r}.")
+    channel_lists = {layer: _channel_list(channels) for layer, channels in units.items()}
     stim = load_stimuli(stimuli)
     if top_k > len(stim):
         raise StimulusError(f"top_k={top_k} is larger than the stimulus set ({len(stim)} images).")
     hw = tuple(subject.preprocessing.geometric(stim.load(0)).shape[-2:])
     if window > min(hw):
         raise ShapeMismatchError(f"The occluder ({window} px) is larger than the {hw[0]} x {hw[1]} image.")
+    layers = list(channel_lists)
     with model_on(subject.model, device, subject.device) as run_device:
-        trace = _traces(subject, [layer], hw)[layer]
-        peaks, uy, ux = _top_images(subject, stim, layer, channel_list, batch_size, progress)
-        order = np.argsort(-peaks, axis=0, kind="stable")[:top_k].T  # (unit, rank)
-        units = np.arange(len(channel_list))[:, None]
+        traces = _traces(subject, layers, hw)
+        tops = _top_images(subject, stim, channel_lists, batch_size, progress)
         ys, xs, occluders = _occluders(subject, hw, window, stride, fill, seed)
-        rows = _Rows(order.reshape(-1), np.repeat(channel_list, top_k), uy[order, units].reshape(-1),
-                     ux[order, units].reshape(-1), peaks[order, units].reshape(-1))
-        maps, info = _occlusion_maps(subject, stim, layer, rows, occluders, trace, hw, occlusion=occlusion,
+        picked, parts = {}, []
+        for layer in layers:
+            (peaks, uy, ux), channel_list = tops[layer], channel_lists[layer]
+            order = np.argsort(-peaks, axis=0, kind="stable")[:top_k].T  # (unit, rank)
+            cols = np.arange(len(channel_list))[:, None]
+            picked[layer] = {"stimulus": np.asarray(stim.ids)[order], "activation": peaks[order, cols],
+                             "unit_y": uy[order, cols], "unit_x": ux[order, cols], "order": order}
+            parts.append((order.reshape(-1), np.full(order.size, layer, dtype=object), np.repeat(channel_list, top_k),
+                          uy[order, cols].reshape(-1), ux[order, cols].reshape(-1), peaks[order, cols].reshape(-1)))
+        rows = _Rows(*(np.concatenate(column) for column in zip(*parts)))
+        maps, info = _occlusion_maps(subject, stim, rows, occluders, traces, hw, occlusion=occlusion,
                                      batch_size=batch_size, device=run_device, progress=progress)
-    maps = maps.reshape(len(channel_list), top_k, len(ys), len(xs))
-    attrs = {
-        **subject.provenance(layer),
-        "requested_as": layer,
-        "window": window,
-        "stride": stride,
-        "fill": fill,
-        "seed": seed,
-        "top_k": top_k,
-        "threshold": threshold,
-        "stimulus_set": stim.name,
-        "n_occluders": int(len(occluders.top)),
-        "input_height": hw[0],
-        "input_width": hw[1],
-        **info,
-    }
-    picked = {"stimulus": np.asarray(stim.ids)[order], "activation": peaks[order, units],
-              "unit_y": uy[order, units], "unit_x": ux[order, units]}
-    return _assemble(maps, picked, channel_list, (ys, xs), trace.geometry, attrs)
+    results = {}
+    for layer in layers:
+        mine = rows.layer == layer
+        channel_list = channel_lists[layer]
+        layer_maps = maps[mine].reshape(len(channel_list), top_k, len(ys), len(xs))
+        attrs = {
+            **subject.provenance(layer),
+            "requested_as": layer,
+            "window": window,
+            "stride": stride,
+            "fill": fill,
+            "seed": seed,
+            "top_k": top_k,
+            "threshold": threshold,
+            "stimulus_set": stim.name,
+            "n_occluders": int(len(occluders.top)),
+            "input_height": hw[0],
+            "input_width": hw[1],
+            **info[layer],
+        }
+        per_map = {k: v for k, v in picked[layer].items() if k != "order"}
+        results[layer] = _assemble(layer_maps, per_map, channel_list, (ys, xs), traces[layer].geometry, attrs)
+    return results
 
 
 def _channel_list(channels: int | Sequence[int]) -> np.ndarray:
