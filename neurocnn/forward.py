@@ -72,6 +72,8 @@ __all__ = [
     "model_device",
     "LayerForward",
     "split_graph",
+    "split_after",
+    "tapped",
     "earliest_layer",
     "pool_features",
     "CachedOutputs",
@@ -460,6 +462,63 @@ def split_graph(model: nn.Module, start: str, end: str | None) -> tuple[fx.Graph
         env2[n] = tail.node_copy(n, lambda m: env2[m])
     tail.output(env2[e])
     return fx.GraphModule(model, head), fx.GraphModule(model, tail)
+
+
+def split_after(model: nn.Module, layer: str, ends: Sequence[str]) -> fx.GraphModule | None:
+    """The rest of the network after ``layer``: a graph module from ``layer``'s output to the last of ``ends``.
+
+    None unless the cut is clean: the model traces, every layer of ``ends`` runs after
+    ``layer``, and ``layer``'s output is the only value computed before the cut that the
+    rest reads (no skip connection crosses it), so replacing that output is the same as
+    running the whole network on an input that produces it. Forward hooks on the
+    modules of ``ends`` fire when the graph module runs (it calls the model's modules).
+    """
+    try:
+        graph = _Leaves({layer, *ends}).trace(model)
+    except Exception:  # noqa: BLE001 - untraceable: no cut
+        return None
+    nodes = list(graph.nodes)
+    cut, targets = _node_of(graph, layer), [_node_of(graph, end) for end in ends]
+    if cut is None or any(t is None or nodes.index(t) <= nodes.index(cut) for t in targets):
+        return None
+    last = max(targets, key=nodes.index)
+    pre, post = nodes[: nodes.index(cut) + 1], nodes[nodes.index(cut) + 1 : nodes.index(last) + 1]
+    post_set = set(post)
+    crossing = [n for n in pre if n.op != "get_attr" and any(u in post_set for u in n.users)]
+    if crossing != [cut]:
+        return None
+    tail = fx.Graph()
+    env = {cut: tail.placeholder(cut.name)}
+    for n in pre:
+        if n.op == "get_attr" and any(u in post_set for u in n.users):
+            env[n] = tail.node_copy(n, lambda m: env[m])
+    for n in post:
+        env[n] = tail.node_copy(n, lambda m: env[m])
+    tail.output(env[last])
+    return fx.GraphModule(model, tail)
+
+
+def tapped(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The outputs of ``modules`` while ``fn(*inputs)`` runs gradient-free (in CPU chunks), keyed by name.
+
+    Each module must run once per pass (e.g. a layer of a :func:`split_after` tail).
+    """
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+
+    def hook_of(name: str):
+        def hook(_module, _inputs, output):
+            parts[name].append(output.detach().clone())
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_of(name)) for name, module in modules.items()]
+    try:
+        with torch.inference_mode():
+            _chunked(fn, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: _joined(values) for name, values in parts.items()}
 
 
 def earliest_layer(model: nn.Module, layers: set[str]) -> str:

@@ -300,6 +300,54 @@ def test_empirical_rfs_share_whole_image_passes_and_equal_one_layer_runs():
     assert empirical_rf(subject, "6", [0], images, **kwargs).attrs["n_shared_full_maps"] == 0
 
 
+def _cut_subject(skip: bool) -> nc.VirtualSubject:
+    """Six seeded 3x3 convs (strides 1, 1, 2, 2, 2, 2; padding 1): conv "c6" (RF 35 px) sees all of 32 px.
+
+    With ``skip`` a shortcut adds the first ReLU's output to the second ReLU's, so no cut
+    between them is clean (that value is read again after the cut).
+    """
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1, self.r1 = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+            self.c2, self.r2 = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+            self.c3 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+            self.c4 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+            self.c5 = nn.Conv2d(4, 3, 3, stride=2, padding=1)
+            self.c6 = nn.Conv2d(3, 3, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            a = self.r1(self.c1(x))
+            b = self.r2(self.c2(a))
+            b = b + a if skip else b
+            return self.c6(torch.relu(self.c5(torch.relu(self.c4(torch.relu(self.c3(b)))))))
+
+    return nc.VirtualSubject(Net().eval(), preprocessing=IDENTITY, name="cut_skip" if skip else "cut")
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_whole_image_maps_from_a_frontier_equal_plain_whole_image_passes(skip):
+    """Deep units (RF > image) evaluated from an early layer's output, recomputed only where each occluder
+    reaches, equal plain whole-image passes; a shortcut across the cut rules that layer out."""
+    subject = _cut_subject(skip)
+    images = _positive_images(n=4, size=32)
+    kwargs = {"top_k": 2, "window": 3, "stride": 2, "fill": "random", "seed": 1, "progress": False}
+    units = {"c6": [0, 2]}
+    auto = empirical_rfs(subject, units, images, **kwargs)
+    full = empirical_rfs(subject, units, images, occlusion="full", **kwargs)
+    for layer in units:
+        assert auto[layer].attrs["occlusion_mode"] == "full"
+        assert full[layer].attrs["occlusion_frontier"] == ""
+        np.testing.assert_allclose(auto[layer]["discrepancy"].values, full[layer]["discrepancy"].values,
+                                   rtol=1e-5, atol=1e-5)
+        assert np.abs(full[layer]["discrepancy"].values).max() > 0
+    # r2 (5 px RFs, stride 1): an occluder changes a 7 x 7 block of its map (an 11 x 11 px crop, 12% of the
+    # image); the shortcut reads r1's output after r2, so only a cut right after r1 is clean
+    assert auto["c6"].attrs["occlusion_frontier"] == ("r1" if skip else "r2")
+
+
 def test_empirical_rfs_bad_input():
     subject = _deep_tiny_subject()
     images = _positive_images(n=3, size=12)
@@ -337,3 +385,15 @@ def test_pretrained_lite0_unit_has_nonzero_rf_inside_image(lite0, stimuli92, mir
     cy, cx = float(result["centre_y"][0, 0]), float(result["centre_x"][0, 0])
     far = (abs(d["y"] - cy) > 19) | (abs(d["x"] - cx) > 19)
     np.testing.assert_allclose(d.where(far).fillna(0).values, 0.0, atol=1e-4)
+
+
+def test_pretrained_lite0_deep_maps_from_the_frontier_equal_whole_image_passes(lite0, stimuli92, mirror):
+    """EfficientNet-Lite0 stage6 (787 px RF): occluded images evaluated from stage2 on (TF-"SAME" padding on
+    the crops) give the whole-image passes' values."""
+    kwargs = {"top_k": 1, "window": 11, "stride": 32, "progress": False}
+    stim = stimuli92.subset(range(2))
+    auto = empirical_rf(lite0, "stage6", [5], stim, **kwargs)
+    full = empirical_rf(lite0, "stage6", [5], stim, occlusion="full", **kwargs)
+    assert auto.attrs["occlusion_frontier"] == lite0.resolve_layer("stage2")
+    np.testing.assert_allclose(auto["discrepancy"].values, full["discrepancy"].values, rtol=1e-5, atol=1e-5)
+    assert np.abs(full["discrepancy"].values).max() > 0

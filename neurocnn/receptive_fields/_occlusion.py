@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from .._validation import torch_generator
 from ..exceptions import ShapeMismatchError
+from ..forward import split_after, tapped
 from ..subject import VirtualSubject
-from ._geometry import _crop_box, _CropChecker, _Trace
+from ._geometry import _crop_box, _CropChecker, _Trace, _traces
 from .occlusion import occlude
 
 __all__: list[str] = []
@@ -139,12 +140,20 @@ def _hits(rows: _Rows, members: np.ndarray, occluders: _Occluders, traces: dict[
 
 def _run_group(
     subject: VirtualSubject, image: torch.Tensor, group: _Group, rows: _Rows, occluders: _Occluders,
-    traces: dict[str, _Trace], batch_size: int,
+    traces: dict[str, _Trace], batch_size: int, frontier: _Frontier | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(needed occluder indices, discrepancies (rows, needed)); None if a crop failed its run-time check."""
+    """(needed occluder indices, discrepancies (rows, needed)); None if a crop failed its run-time check.
+
+    Whole-image groups go through ``frontier`` when one is given and every crop it needs
+    is certified; else (or if its run-time check fails) through plain whole-image passes.
+    """
     device = image.device
     hits = _hits(rows, group.rows, occluders, traces)
     needed = torch.nonzero(hits.any(0)).flatten()
+    if group.box is None and frontier is not None:
+        values = _frontier_values(subject, image, group, rows, occluders, needed, frontier, batch_size)
+        if values is not None:
+            return needed.numpy(), np.where(hits[:, needed].numpy(), rows.peak[group.rows][:, None] - values, 0.0)
     layer_of = rows.layer[group.rows]
     layers = list(dict.fromkeys(str(x) for x in layer_of))
     picks = [(np.flatnonzero(layer_of == layer), layer) for layer in layers]
@@ -175,6 +184,116 @@ def _run_group(
         values[:, start : start + len(index)] = out
     drop = np.where(hits[:, needed].numpy(), peak[:, None] - values, 0.0)
     return needed.numpy(), drop
+
+
+#: a frontier layer is used when the crop an occluder changes is at most this fraction of the image.
+_FRONTIER_AREA = 1 / 8
+
+
+@dataclass(frozen=True)
+class _Frontier:
+    """Whole-image maps evaluated from a frontier layer on.
+
+    An occluded image differs from the intact one only inside the occluder, so the
+    frontier layer's output differs only at the positions whose theoretical RF overlaps
+    it. Those are recomputed on the exact stride-aligned crop holding their RFs (the
+    crop argument of :func:`~._geometry._crop_box`, for a block of units; certified by
+    ``checker`` per crop size); every other position is the intact image's value; the
+    rest of the network (``tail``, :func:`neurocnn.forward.split_after`) runs from there.
+    """
+
+    layer: str
+    trace: _Trace
+    tail: Any
+    checker: _CropChecker
+
+
+def _block_box(axis: Any, lo: int, n_map: int, n: int, window: int) -> tuple[int, int, int, int]:
+    """(first, last + 1) frontier positions an occluder at pixels [lo, lo + window) can change; their crop [c0, c1)."""
+    first = max(0, -(-(lo - axis.size + 1 - axis.start) // axis.jump))
+    last = min(n_map - 1, (lo + window - 1 - axis.start) // axis.jump)
+    c0 = max(0, ((axis.start + first * axis.jump) // axis.jump) * axis.jump)
+    end = axis.start + last * axis.jump + axis.size
+    c1 = n if end >= n else n - ((n - end) // axis.jump) * axis.jump
+    return first, last + 1, c0, c1
+
+
+def _frontier_plan(subject: VirtualSubject, layers: list[str], hw: tuple[int, int], window: int) -> _Frontier | None:
+    """The deepest default layer before ``layers`` that makes a clean cut and whose occluder crops are small."""
+    ends = [subject.resolve_layer(layer) for layer in layers]
+    for candidate in reversed(subject.default_layers):
+        name = subject.resolve_layer(candidate)
+        if name in ends:
+            continue
+        tail = split_after(subject.model, name, ends)
+        if tail is None:
+            continue
+        try:
+            trace = _traces(subject, [name], hw)[name]
+        except ShapeMismatchError:
+            continue
+        if trace.unsafe:
+            continue
+        (ay, ax), (ny, nx) = trace.geometry, trace.map_size
+        y = _block_box(ay, (hw[0] - window) // 2, ny, hw[0], window)
+        x = _block_box(ax, (hw[1] - window) // 2, nx, hw[1], window)
+        if (y[3] - y[2]) * (x[3] - x[2]) <= _FRONTIER_AREA * hw[0] * hw[1]:
+            return _Frontier(name, trace, tail, _CropChecker(subject, name, hw, trace))
+    return None
+
+
+def _frontier_values(
+    subject: VirtualSubject, image: torch.Tensor, group: _Group, rows: _Rows, occluders: _Occluders,
+    needed: torch.Tensor, plan: _Frontier, batch_size: int,
+) -> np.ndarray | None:
+    """Unit values (rows, needed) of occluded whole images via the frontier; None where a crop is not certified."""
+    hw = tuple(image.shape[-2:])
+    window = occluders.patches.shape[-1]
+    (ay, ax), (ny, nx) = plan.trace.geometry, plan.trace.map_size
+    with torch.inference_mode():
+        intact = subject.forward_layers(image[None], [plan.layer])[plan.layer]
+    layer_of = rows.layer[group.rows]
+    names = {layer: subject.resolve_layer(layer) for layer in dict.fromkeys(str(x) for x in layer_of)}
+    modules = {name: subject.module(name) for name in names.values()}
+    picks = [(np.flatnonzero(layer_of == layer), name) for layer, name in names.items()]
+    ch = [torch.as_tensor(rows.channel[group.rows][m]) for m, _ in picks]
+    yy = [torch.as_tensor(group.unit_y[m]) for m, _ in picks]
+    xx = [torch.as_tensor(group.unit_x[m]) for m, _ in picks]
+
+    def units(outs: dict[str, torch.Tensor], n: int) -> np.ndarray:
+        out = np.empty((len(group.rows), n), dtype=np.float32)
+        for (m, name), c, y, x in zip(picks, ch, yy, xx):
+            out[m] = outs[name][:, c, y, x].float().cpu().numpy().T
+        return out
+
+    peak = rows.peak[group.rows]
+    check = units(tapped(plan.tail, (intact,), modules), 1)[:, 0]
+    if np.any(np.abs(check - peak) > _CHECK_RTOL * np.maximum(1.0, np.abs(peak))):
+        return None
+    values = np.empty((len(group.rows), len(needed)), dtype=np.float32)
+    for start in range(0, len(needed), batch_size):
+        index = needed[start : start + batch_size]
+        tops, lefts = occluders.top[index].tolist(), occluders.left[index].tolist()
+        copies = occlude(image, occluders.patches[index.to(image.device)], occluders.top[index], occluders.left[index])
+        boxes = [(_block_box(ay, t, ny, hw[0], window), _block_box(ax, lf, nx, hw[1], window))
+                 for t, lf in zip(tops, lefts)]
+        frontier = intact.expand(len(index), *intact.shape[1:]).clone()
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for k, (by, bx) in enumerate(boxes):
+            by_size.setdefault((by[3] - by[2], bx[3] - bx[2]), []).append(k)
+        for size, members in by_size.items():
+            if plan.checker(size):
+                return None
+            crops = torch.stack([copies[k, :, boxes[k][0][2] : boxes[k][0][3], boxes[k][1][2] : boxes[k][1][3]]
+                                 for k in members])
+            with torch.inference_mode():
+                block = subject.forward_layers(crops, [plan.layer])[plan.layer]
+            for j, k in enumerate(members):
+                (f0, f1, c0, _), (g0, g1, d0, _) = boxes[k]
+                oy, ox = c0 // ay.jump, d0 // ax.jump
+                frontier[k, :, f0:f1, g0:g1] = block[j, :, f0 - oy : f1 - oy, g0 - ox : g1 - ox]
+        values[:, start : start + len(index)] = units(tapped(plan.tail, (frontier,), modules), len(index))
+    return values
 
 
 def _plan(
@@ -214,6 +333,8 @@ def _occlusion_maps(
     maps = np.zeros((n_rows, len(occluders.top)), dtype=np.float32)
     patches = _Occluders(occluders.top, occluders.left, occluders.patches.to(device))
     groups.sort(key=lambda g: g.image)
+    whole = [str(x) for x in dict.fromkeys(rows.layer[sorted(reasons)])]
+    frontier = _frontier_plan(subject, whole, hw, occluders.patches.shape[-1]) if whole and occlusion == "auto" else None
     cached: tuple[int, torch.Tensor] | None = None
     on_crop, crop_area, shared, retried = np.zeros(n_rows, bool), np.zeros(n_rows), np.zeros(n_rows, bool), []
     seconds = np.zeros(n_rows)
@@ -224,7 +345,7 @@ def _occlusion_maps(
         start = time.perf_counter()
         if cached is None or cached[0] != group.image:
             cached = (group.image, subject.preprocessing(stim.load(group.image)).to(device))
-        result = _run_group(subject, cached[1], group, rows, patches, traces, batch_size)
+        result = _run_group(subject, cached[1], group, rows, patches, traces, batch_size, frontier)
         if result is None:  # the run-time check failed: redo these maps on the full image
             retried.extend(group.rows.tolist())
             queue.insert(0, _Group(group.image, group.rows, None, rows.unit_y[group.rows], rows.unit_x[group.rows]))
@@ -255,6 +376,7 @@ def _occlusion_maps(
             "n_full_maps": n_mine - n_crop,
             "n_shared_full_maps": int(shared[mine].sum()),
             "crop_area_fraction": float(crop_area[mine & on_crop].mean()) if n_crop else 1.0,
+            "occlusion_frontier": frontier.layer if frontier is not None and n_crop < n_mine else "",
             "occlusion_seconds": float(seconds[mine].sum()),
         }
     return maps, info
