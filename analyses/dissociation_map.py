@@ -12,7 +12,9 @@ double-dissociation index DoD = [acc_placeKO(face) - acc_faceKO(face)] -
 bootstrap CI and a pair-label permutation p (:func:`neurocnn.tasks.interaction_test`),
 and the sham p (how often matched random lesions give a DoD as large). BH-FDR over all
 cells of a map; a cell is significant when both q <= 0.05 and DoD > 0. The same map for
-virtual TMS (noise amplitude instead of size, top 10% channels). Writes per network
+virtual TMS (noise amplitude instead of size, top 10% channels). The full mode maps every
+network with real weights (``--model`` for one, ``--maps`` for some maps); ``--quick``
+maps the first of them (EfficientNet-Lite0) on two layers. Writes per network
 ``dissociation_map_<model>_<map>.nc``, ``dissociation_map.png`` and ``headline.json``.
 """
 
@@ -43,6 +45,8 @@ SETTINGS = {
     "quick": {"frac": 0.05, "n_train": 40, "n_test": 24, "n_sham": 2, "n_perm": 200, "n_boot": 200,
               "n_layers": 2, "sizes": (0.0, 0.1), "max_units": 20_000, "n_unit_layers": 1, "amplitudes": (2.0,)},
 }
+#: the maps of one network: channel knockout, virtual TMS on channels, unit (channel x position) knockout.
+MAPS = ("knockout_channel", "tms_channel", "knockout_unit")
 TMS_SIZE = 0.1
 ALPHA = 0.05
 
@@ -217,12 +221,15 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         return _cell(subject, task, readout, make, units["face"], units["place"], mean, args.n_sham or cfg["n_sham"], cfg, args.seed)
 
     sizes = list(cfg["sizes"])
-    maps = {
-        "knockout_channel": _map(subject, task, readout, layers, sizes, "size", ko_cell("channel"), cfg, args.seed, args.progress, "KO map (channels)"),
-        "tms_channel": _map(subject, task, readout, layers, list(cfg["amplitudes"]), "amplitude", tms_cell, cfg, args.seed, args.progress, "TMS map"),
+    plans = {
+        "knockout_channel": lambda: _map(subject, task, readout, layers, sizes, "size", ko_cell("channel"), cfg, args.seed,
+                                         args.progress, "KO map (channels)"),
+        "tms_channel": lambda: _map(subject, task, readout, layers, list(cfg["amplitudes"]), "amplitude", tms_cell, cfg,
+                                    args.seed, args.progress, "TMS map"),
+        "knockout_unit": lambda: _map(subject, task, readout, unit_layers, sizes, "size", ko_cell("unit"), cfg, args.seed,
+                                      args.progress, "KO map (units)"),
     }
-    if unit_layers:
-        maps["knockout_unit"] = _map(subject, task, readout, unit_layers, sizes, "size", ko_cell("unit"), cfg, args.seed, args.progress, "KO map (units)")
+    maps = {kind: plans[kind]() for kind in args.maps if kind != "knockout_unit" or unit_layers}
     attrs = {
         "model": subject.name, "weights_sha256": subject.weights_id, "seed": args.seed, "quick": int(args.quick),
         **readout.attrs(), **task.attrs(), "readout_training": "intact",
@@ -296,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=None, help="test pairs (default: by mode)")
     parser.add_argument("--n-train", type=int, default=None, help="training pairs (default: by mode)")
     parser.add_argument("--localizer-fraction", type=float, default=None, help="fLoc fraction used for selection")
+    parser.add_argument("--maps", nargs="+", choices=MAPS, default=list(MAPS), help="maps to run (default: all)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     out = output_dir(args)
@@ -303,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"n_layers": args.layers, "sizes": tuple(args.sizes) if args.sizes else None, "n_test": args.n_test,
                  "n_train": args.n_train, "frac": args.localizer_fraction}
     cfg.update({k: v for k, v in overrides.items() if v is not None})
-    models = [args.model] if args.model else available_models()
+    models = [args.model] if args.model else available_models()[:1] if args.quick else available_models()
     all_maps, summary = {}, {"models": models, "quick": bool(args.quick), "seed": args.seed, "best_cells": {}}
     for name in models:
         maps, attrs = run_model(name, args, cfg)

@@ -1,12 +1,14 @@
-"""Benchmark: crop-based occlusion vs batched full-image occlusion vs a loop vs captum.
+"""Benchmark: crop- and frontier-based occlusion vs batched full-image occlusion vs a loop vs captum.
 
 Same unit, same image, same occluders (mean fill, i.e. 0 after normalization), on the
-embedded EfficientNet-Lite0 (real weights), for a middle layer (``stage3``) and an early
-one (``stem``):
+embedded EfficientNet-Lite0 (real weights), for a middle layer (``stage3``), an early
+one (``stem``) and a deep one (``stage6``, whose 787 px theoretical RF covers the image):
 
-* ``crop``: :func:`neurocnn.receptive_fields.empirical_rf` with ``occlusion="crop"``:
+* ``neurocnn``: :func:`neurocnn.receptive_fields.empirical_rf` with ``occlusion="auto"``:
   occluders that miss the unit's theoretical RF skipped, every other occluded image
-  evaluated only on the unit's stride-aligned RF crop (exact: maps checked below);
+  evaluated only on the unit's stride-aligned RF crop (exact: maps checked below), or,
+  where the crop is the whole image, from a frontier layer on (``stage2``: only the
+  frontier positions each occluder reaches recomputed, on exact crops);
 * ``full``: the same with ``occlusion="full"``: batched occluded copies of the whole
   image (misses skipped too), forward stopped at the layer;
 * ``loop``: one full-image forward pass per occluder position, every position;
@@ -14,7 +16,7 @@ one (``stem``):
   returning the unit's activation (forward also stopped at the layer).
 
 Each method is timed ``--repeats`` times; the best wall and CPU (process) times are
-printed with the ratio to ``crop``. Run from the repo root on a quiet machine::
+printed with the ratio to ``neurocnn``. Run from the repo root on a quiet machine::
 
     python benchmarks/receptive_fields.py             # stride 8, 729 occluders, 5 repeats
     python benchmarks/receptive_fields.py --quick     # 24 px occluders at stride 24, 2 repeats (a smoke test)
@@ -52,10 +54,10 @@ def _case(subject: nc.VirtualSubject, stim, layer: str, args: argparse.Namespace
     def rf(mode: str):
         return empirical_rf(subject, layer, [channel], stim, occlusion=mode, **kwargs)
 
-    t_crop = _best(lambda: rf("crop"), args.repeats)
+    t_ours = _best(lambda: rf("auto"), args.repeats)
     t_full = _best(lambda: rf("full"), args.repeats)
-    crop, full = t_crop[2], t_full[2]
-    uy, ux = int(crop["unit_y"][0, 0]), int(crop["unit_x"][0, 0])
+    ours, full = t_ours[2], t_full[2]
+    uy, ux = int(ours["unit_y"][0, 0]), int(ours["unit_x"][0, 0])
     image = subject.preprocess(stim)[0]
     ys = torch.arange(0, image.shape[1] - window + 1, stride)
     xs = torch.arange(0, image.shape[2] - window + 1, stride)
@@ -86,21 +88,22 @@ def _case(subject: nc.VirtualSubject, stim, layer: str, args: argparse.Namespace
     n = len(ys) * len(xs)
     brute = t_loop[2]
     print(f"\nEfficientNet-Lite0 {layer} channel {channel} unit ({uy},{ux}); {n} occluders ({window} px, "
-          f"stride {stride}); theoretical RF {crop.attrs['theoretical_size_y']} px; crop area "
-          f"{crop.attrs['crop_area_fraction']:.3f} of the image; occlusion_mode {crop.attrs['occlusion_mode']}; "
+          f"stride {stride}); theoretical RF {ours.attrs['theoretical_size_y']} px; crop area "
+          f"{ours.attrs['crop_area_fraction']:.3f} of the image; occlusion_mode {ours.attrs['occlusion_mode']}; "
+          f"frontier {ours.attrs['occlusion_frontier'] or 'none'}; "
           f"torch threads {torch.get_num_threads()}; best of {args.repeats}")
-    print(f"max |crop - loop| {np.abs(crop['discrepancy'].values[0, 0] - brute).max():.2e}, "
+    print(f"max |neurocnn - loop| {np.abs(ours['discrepancy'].values[0, 0] - brute).max():.2e}, "
           f"max |full - loop| {np.abs(full['discrepancy'].values[0, 0] - brute).max():.2e}, "
-          f"max |crop - full| {np.abs(crop['discrepancy'].values - full['discrepancy'].values).max():.2e}")
-    print(f"{'method':<30}{'wall (s)':>10}{'CPU (s)':>10}{'wall / crop':>13}{'CPU / crop':>12}")
-    for name, (wall, cpu, _) in (("crop (neurocnn)", t_crop), ("full image, batched (neurocnn)", t_full),
+          f"max |neurocnn - full| {np.abs(ours['discrepancy'].values - full['discrepancy'].values).max():.2e}")
+    print(f"{'method':<30}{'wall (s)':>10}{'CPU (s)':>10}{'wall ratio':>13}{'CPU ratio':>12}")
+    for name, (wall, cpu, _) in (("neurocnn (crop / frontier)", t_ours), ("full image, batched (neurocnn)", t_full),
                                  ("loop (1 forward/occluder)", t_loop), ("captum Occlusion", t_captum)):
-        print(f"{name:<30}{wall:>10.3f}{cpu:>10.3f}{wall / t_crop[0]:>12.1f}x{cpu / t_crop[1]:>11.1f}x")
+        print(f"{name:<30}{wall:>10.3f}{cpu:>10.3f}{wall / t_ours[0]:>12.1f}x{cpu / t_ours[1]:>11.1f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", nargs="+", default=["stage3", "stem"])
+    parser.add_argument("--layers", nargs="+", default=["stage3", "stem", "stage6"])
     parser.add_argument("--channel", type=int, default=0)
     parser.add_argument("--window", type=int, default=11)
     parser.add_argument("--stride", type=int, default=8)

@@ -446,22 +446,33 @@ def split_graph(model: nn.Module, start: str, end: str | None) -> tuple[fx.Graph
     if nodes.index(s) > nodes.index(e):
         return "after"
     pre, post = nodes[: nodes.index(s)], nodes[nodes.index(s) : nodes.index(e) + 1]
-    post_set = set(post)
-    frontier = [n for n in pre if n.op != "get_attr" and any(u in post_set for u in n.users)]
+    frontier = _crossing(pre, post)
     head, env = fx.Graph(), {}
     for n in pre:
         env[n] = head.node_copy(n, lambda m: env[m])
     head.output(tuple(env[n] for n in frontier))
-    tail, env2 = fx.Graph(), {}
+    return fx.GraphModule(model, head), _tail(model, frontier, pre, post, e)
+
+
+def _crossing(pre: list[fx.Node], post: list[fx.Node]) -> list[fx.Node]:
+    """The values computed before a cut (``pre``) that the nodes after it (``post``) read."""
+    post_set = set(post)
+    return [n for n in pre if n.op != "get_attr" and any(u in post_set for u in n.users)]
+
+
+def _tail(model: nn.Module, frontier: list[fx.Node], pre: list[fx.Node], post: list[fx.Node], out: fx.Node) -> fx.GraphModule:
+    """Graph module: the ``frontier`` values (placeholders, in order) -> ``post`` -> ``out``."""
+    post_set = set(post)
+    tail, env = fx.Graph(), {}
     for n in frontier:
-        env2[n] = tail.placeholder(n.name)
+        env[n] = tail.placeholder(n.name)
     for n in pre:
         if n.op == "get_attr" and any(u in post_set for u in n.users):
-            env2[n] = tail.node_copy(n, lambda m: env2[m])
+            env[n] = tail.node_copy(n, lambda m: env[m])
     for n in post:
-        env2[n] = tail.node_copy(n, lambda m: env2[m])
-    tail.output(env2[e])
-    return fx.GraphModule(model, head), fx.GraphModule(model, tail)
+        env[n] = tail.node_copy(n, lambda m: env[m])
+    tail.output(env[out])
+    return fx.GraphModule(model, tail)
 
 
 def split_after(model: nn.Module, layer: str, ends: Sequence[str]) -> fx.GraphModule | None:
@@ -483,19 +494,7 @@ def split_after(model: nn.Module, layer: str, ends: Sequence[str]) -> fx.GraphMo
         return None
     last = max(targets, key=nodes.index)
     pre, post = nodes[: nodes.index(cut) + 1], nodes[nodes.index(cut) + 1 : nodes.index(last) + 1]
-    post_set = set(post)
-    crossing = [n for n in pre if n.op != "get_attr" and any(u in post_set for u in n.users)]
-    if crossing != [cut]:
-        return None
-    tail = fx.Graph()
-    env = {cut: tail.placeholder(cut.name)}
-    for n in pre:
-        if n.op == "get_attr" and any(u in post_set for u in n.users):
-            env[n] = tail.node_copy(n, lambda m: env[m])
-    for n in post:
-        env[n] = tail.node_copy(n, lambda m: env[m])
-    tail.output(env[last])
-    return fx.GraphModule(model, tail)
+    return _tail(model, [cut], pre, post, last) if _crossing(pre, post) == [cut] else None
 
 
 def tapped(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
