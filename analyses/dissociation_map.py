@@ -11,7 +11,9 @@ double-dissociation index DoD = [acc_placeKO(face) - acc_faceKO(face)] -
 [acc_placeKO(house) - acc_faceKO(house)] (positive = the predicted dissociation) with a
 bootstrap CI and a pair-label permutation p (:func:`neurocnn.tasks.interaction_test`),
 and the sham p (how often matched random lesions give a DoD as large). BH-FDR over all
-cells of a map; a cell is significant when both q <= 0.05 and DoD > 0. The same map for
+cells of a map; a cell is significant when both q <= 0.05 and DoD > 0. The sham p cannot go
+below 1 / (n_sham + 1) (attr ``p_sham_floor``): with 20 draws and 40 cells no cell can
+pass the sham FDR alone, so the full map's verdict rests on the permutation q as well. The same map for
 virtual TMS (noise amplitude instead of size, top 10% channels). The full mode maps every
 network with real weights (``--model`` for one, ``--maps`` for some maps); ``--quick``
 maps the first of them (EfficientNet-Lite0) on two layers. Writes per network
@@ -235,6 +237,9 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         **readout.attrs(), **task.attrs(), "readout_training": "intact",
         "selection": "top-N by d' (face vs place+object / place vs face+object) on the selection half of fLoc",
         "localizer_fraction": cfg["frac"], "n_localizer_images": len(localizer), "n_sham": args.n_sham or cfg["n_sham"],
+        "p_sham_floor": 1 / (1 + (args.n_sham or cfg["n_sham"])),
+        "p_sham_floor_note": "the smallest sham p is 1 / (n_sham + 1); BH over a map of m cells needs about "
+                             "m / alpha sham draws before one cell alone can pass",
         "sham": "random units matched one-to-one on mean localizer activation, excluding face and place units",
         "size_definition": "size = fraction of the layer's channels (units); 0 = a single channel (unit)",
         "tms_size": TMS_SIZE, "tms_sd": "channel activation SD over localizer images and positions",
