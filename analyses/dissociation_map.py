@@ -270,7 +270,7 @@ def _best(ds: xr.Dataset, step: str) -> dict:
 def _plot(all_maps: dict[str, dict[str, xr.Dataset]]):
     import matplotlib.pyplot as plt
 
-    kinds = ["knockout_channel", "knockout_unit", "tms_channel"]
+    kinds = [k for k in ("knockout_channel", "knockout_unit", "tms_channel") if any(k in m for m in all_maps.values())]
     fig, axes = plt.subplots(len(all_maps), len(kinds), figsize=(4.2 * len(kinds), 3.4 * len(all_maps)), squeeze=False)
     for r, (model, maps) in enumerate(all_maps.items()):
         for c, kind in enumerate(kinds):
