@@ -348,6 +348,18 @@ def test_whole_image_maps_from_a_frontier_equal_plain_whole_image_passes(skip):
     assert auto["c6"].attrs["occlusion_frontier"] == ("r1" if skip else "r2")
 
 
+def test_large_crops_run_as_whole_images_in_auto_mode():
+    """A crop over half the image costs about a whole image: "auto" runs it as one (same values)."""
+    subject = _deep_tiny_subject()
+    images = _positive_images(n=3, size=12)
+    kwargs = {"top_k": 2, "window": 3, "stride": 1, "fill": "mean", "progress": False}
+    auto = empirical_rf(subject, "4", [0, 1, 2], images, **kwargs)  # 9 px RFs, stride 4, on 12 px
+    crop = empirical_rf(subject, "4", [0, 1, 2], images, occlusion="crop", **kwargs)
+    assert crop.attrs["occlusion_mode"] == "crop"
+    assert auto.attrs["n_full_maps"] > 0 and "over 50% of the image" in auto.attrs["occlusion_reason"]
+    np.testing.assert_allclose(auto["discrepancy"].values, crop["discrepancy"].values, rtol=1e-5, atol=1e-6)
+
+
 def test_empirical_rfs_bad_input():
     subject = _deep_tiny_subject()
     images = _positive_images(n=3, size=12)

@@ -103,9 +103,14 @@ def _full_groups(rows: _Rows, which: np.ndarray) -> list[_Group]:
 
 
 def _crop_groups(
-    rows: _Rows, which: np.ndarray, traces: dict[str, _Trace], hw: tuple[int, int], checkers: dict[str, _CropChecker]
+    rows: _Rows, which: np.ndarray, traces: dict[str, _Trace], hw: tuple[int, int], checkers: dict[str, _CropChecker],
+    max_area: float,
 ) -> tuple[list[_Group], dict[int, str]]:
-    """Groups on exact crops, plus the rows evaluated on the whole image instead (and why)."""
+    """Groups on exact crops, plus the rows evaluated on the whole image instead (and why).
+
+    Crops larger than ``max_area`` of the image go to the whole image too, where one
+    pass serves every layer and a frontier recomputes only what each occluder reaches.
+    """
     buckets: dict[tuple, list[int]] = {}
     shifted: dict[int, tuple[int, int]] = {}
     for row in which:
@@ -116,9 +121,15 @@ def _crop_groups(
     groups, failed = [], {}
     for (image, layer, box), members in buckets.items():
         crop_hw = (box[1] - box[0], box[3] - box[2])
-        reason = "the theoretical RF covers the whole image" if crop_hw == hw else checkers[layer](crop_hw)
+        if crop_hw == hw:
+            reason = "the theoretical RF covers the whole image"
+        elif crop_hw[0] * crop_hw[1] > max_area * hw[0] * hw[1]:
+            reason = f"crops over {max_area:.0%} of the image run as whole images (shared passes, frontier)"
+        else:
+            reason = checkers[layer](crop_hw)
+            reason = reason and f"{crop_hw[0]} x {crop_hw[1]} crops: {reason}"
         if reason:
-            failed.update(dict.fromkeys(members, reason if crop_hw == hw else f"{crop_hw[0]} x {crop_hw[1]} crops: {reason}"))
+            failed.update(dict.fromkeys(members, reason))
             continue
         members = np.asarray(members)
         groups.append(_Group(image, members, box, np.array([shifted[r][0] for r in members]),
@@ -186,6 +197,8 @@ def _run_group(
     return needed.numpy(), drop
 
 
+#: with occlusion="auto", a crop larger than this fraction of the image runs as the whole image.
+_MAX_CROP_AREA = 0.5
 #: a frontier layer is used when the crop an occluder changes is at most this fraction of the image.
 _FRONTIER_AREA = 1 / 8
 
@@ -256,9 +269,10 @@ def _frontier_values(
     names = {layer: subject.resolve_layer(layer) for layer in dict.fromkeys(str(x) for x in layer_of)}
     modules = {name: subject.module(name) for name in names.values()}
     picks = [(np.flatnonzero(layer_of == layer), name) for layer, name in names.items()]
-    ch = [torch.as_tensor(rows.channel[group.rows][m]) for m, _ in picks]
-    yy = [torch.as_tensor(group.unit_y[m]) for m, _ in picks]
-    xx = [torch.as_tensor(group.unit_x[m]) for m, _ in picks]
+    device = image.device
+    ch = [torch.as_tensor(rows.channel[group.rows][m], device=device) for m, _ in picks]
+    yy = [torch.as_tensor(group.unit_y[m], device=device) for m, _ in picks]
+    xx = [torch.as_tensor(group.unit_x[m], device=device) for m, _ in picks]
 
     def units(outs: dict[str, torch.Tensor], n: int) -> np.ndarray:
         out = np.empty((len(group.rows), n), dtype=np.float32)
@@ -274,7 +288,7 @@ def _frontier_values(
     for start in range(0, len(needed), batch_size):
         index = needed[start : start + batch_size]
         tops, lefts = occluders.top[index].tolist(), occluders.left[index].tolist()
-        copies = occlude(image, occluders.patches[index.to(image.device)], occluders.top[index], occluders.left[index])
+        copies = occlude(image, occluders.patches[index.to(device)], occluders.top[index], occluders.left[index])
         boxes = [(_block_box(ay, t, ny, hw[0], window), _block_box(ax, lf, nx, hw[1], window))
                  for t, lf in zip(tops, lefts)]
         frontier = intact.expand(len(index), *intact.shape[1:]).clone()
@@ -314,7 +328,8 @@ def _plan(
             raise ShapeMismatchError(f"No exact crop for layer {layer!r}: {trace.unsafe}. Use occlusion='auto' or 'full'.")
         else:
             reasons.update(dict.fromkeys(members.tolist(), trace.unsafe if _MODES[occlusion] else "occlusion='full' requested"))
-    groups, failed = _crop_groups(rows, np.concatenate(crop_rows) if crop_rows else everything[:0], traces, hw, checkers)
+    groups, failed = _crop_groups(rows, np.concatenate(crop_rows) if crop_rows else everything[:0], traces, hw, checkers,
+                                  _MAX_CROP_AREA if occlusion == "auto" else 1.0)
     reasons.update(failed)
     return groups + _full_groups(rows, np.asarray(sorted(reasons), dtype=int)), reasons
 
