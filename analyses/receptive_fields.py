@@ -19,9 +19,9 @@ layer) into ``--out``.
 Run time of the full protocol on 2 CPU threads (EfficientNet-Lite0, quiet machine): stem..stage4
 with 10 units each take 707 s (stage4, on crops of 35% of the image, 640 s). stage5..head
 (theoretical RFs of 339..851 px) run on whole images, every occluded image serving all deep
-units that need it, from the stage2 frontier on: about 60 s per image, 75 images for 5 units
-per layer (``--units 5``), 90 for 10. On a GPU use ``--device cuda``; ``--layers`` and
-``--units`` restrict a run.
+units that need it, from the stage2 frontier on: 54 s per image, measured with 1 unit per
+layer (34 images, 1825 s); 5 units need 75 images (about 67 min), 10 units 90 (about 81 min).
+On a GPU use ``--device cuda``; ``--layers`` and ``--units`` restrict a run.
 
 Usage: ``python analyses/receptive_fields.py --out out/receptive_fields [--quick] [--model M]``
 """
