@@ -218,3 +218,21 @@ def test_training_mode_and_gradient_passes_are_not_chunked():
     subject.model.eval()
     assert len(subject._forward._chunks(x, grad=True)) == 1
     assert len(subject._forward._chunks(x, grad=False)) > 1
+
+
+def test_cached_outputs_run_full_passes_when_the_frontier_outgrows_the_images():
+    """A lesion in a layer whose input is larger than the images (3 -> 16 channels) is evaluated by full
+    passes (caching that input saves no arithmetic); a later lesion splits; both equal a hooked full pass."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 2, 3, stride=4), nn.ReLU(),
+                        nn.Conv2d(2, 2, 1)).eval()
+    subject = nc.VirtualSubject(net, preprocessing=IDENTITY, name="wide_first")
+    images = torch.rand(6, 3, 16, 16)
+    engine = forward.CachedOutputs(subject, images, None, 4, False)
+    for layer in ("1", "3"):
+        with lesions.knockout(subject, layer, [0]):
+            got = engine.outputs(subject)
+            with torch.inference_mode():
+                want = forward.pool_features(subject.forward_output(images))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert engine._full_from == {"1"} and set(engine._frontiers) == {"3"}
