@@ -25,7 +25,7 @@ from .._validation import torch_generator
 from ..exceptions import ShapeMismatchError
 from ..forward import split_after, tapped
 from ..subject import VirtualSubject
-from ._geometry import _crop_box, _CropChecker, _Trace, _traces
+from ._geometry import _crop_axis, _crop_box, _CropChecker, _Trace, _traces
 from .occlusion import occlude
 
 __all__: list[str] = []
@@ -149,6 +149,28 @@ def _hits(rows: _Rows, members: np.ndarray, occluders: _Occluders, traces: dict[
     return (top < y0 + size_y) & (top + window > y0) & (left < x0 + size_x) & (left + window > x0)
 
 
+class _Units:
+    """Where each row of a group reads its unit: per layer (as requested), the rows and (channel, y, x) indices."""
+
+    def __init__(self, rows: _Rows, group: _Group, device: torch.device) -> None:
+        layer_of = rows.layer[group.rows]
+        self.layers = list(dict.fromkeys(str(x) for x in layer_of))
+        self.n_rows = len(group.rows)
+        self.picks = [(np.flatnonzero(layer_of == layer), layer) for layer in self.layers]
+        self.index = {layer: (torch.as_tensor(rows.channel[group.rows][m], device=device),
+                              torch.as_tensor(group.unit_y[m], device=device),
+                              torch.as_tensor(group.unit_x[m], device=device)) for m, layer in self.picks}
+
+    def values(self, outs: dict[str, torch.Tensor]) -> np.ndarray:
+        """(rows, images) unit values from layer outputs keyed by the requested layer names."""
+        n = next(iter(outs.values())).shape[0]
+        out = np.empty((self.n_rows, n), dtype=np.float32)
+        for m, layer in self.picks:
+            ch, yy, xx = self.index[layer]
+            out[m] = outs[layer][:, ch, yy, xx].float().cpu().numpy().T
+        return out
+
+
 def _run_group(
     subject: VirtualSubject, image: torch.Tensor, group: _Group, rows: _Rows, occluders: _Occluders,
     traces: dict[str, _Trace], batch_size: int, frontier: _Frontier | None = None,
@@ -165,12 +187,7 @@ def _run_group(
         values = _frontier_values(subject, image, group, rows, occluders, needed, frontier, batch_size)
         if values is not None:
             return needed.numpy(), np.where(hits[:, needed].numpy(), rows.peak[group.rows][:, None] - values, 0.0)
-    layer_of = rows.layer[group.rows]
-    layers = list(dict.fromkeys(str(x) for x in layer_of))
-    picks = [(np.flatnonzero(layer_of == layer), layer) for layer in layers]
-    index_of = {layer: (torch.as_tensor(rows.channel[group.rows][m], device=device),
-                        torch.as_tensor(group.unit_y[m], device=device), torch.as_tensor(group.unit_x[m], device=device))
-                for m, layer in picks}
+    units = _Units(rows, group, device)
     peak = rows.peak[group.rows]
     values = np.empty((len(group.rows), len(needed)), dtype=np.float32)
     starts = list(range(0, len(needed), batch_size)) or ([0] if group.box is not None else [])
@@ -183,11 +200,7 @@ def _run_group(
             y_0, y_1, x_0, x_1 = group.box
             batch = torch.cat([image[None, :, y_0:y_1, x_0:x_1], batch])
         with torch.inference_mode():
-            outs = subject.forward_layers(batch, layers)
-        out = np.empty((len(group.rows), batch.shape[0]), dtype=np.float32)
-        for m, layer in picks:
-            ch, yy, xx = index_of[layer]
-            out[m] = outs[layer][:, ch, yy, xx].float().cpu().numpy().T
+            out = units.values(subject.forward_layers(batch, units.layers))
         if check:
             if np.any(np.abs(out[:, 0] - peak) > _CHECK_RTOL * np.maximum(1.0, np.abs(peak))):
                 return None
@@ -225,10 +238,7 @@ def _block_box(axis: Any, lo: int, n_map: int, n: int, window: int) -> tuple[int
     """(first, last + 1) frontier positions an occluder at pixels [lo, lo + window) can change; their crop [c0, c1)."""
     first = max(0, -(-(lo - axis.size + 1 - axis.start) // axis.jump))
     last = min(n_map - 1, (lo + window - 1 - axis.start) // axis.jump)
-    c0 = max(0, ((axis.start + first * axis.jump) // axis.jump) * axis.jump)
-    end = axis.start + last * axis.jump + axis.size
-    c1 = n if end >= n else n - ((n - end) // axis.jump) * axis.jump
-    return first, last + 1, c0, c1
+    return first, last + 1, _crop_axis(axis, first, n)[0], _crop_axis(axis, last, n)[1]
 
 
 def _frontier_plan(subject: VirtualSubject, layers: list[str], hw: tuple[int, int], window: int) -> _Frontier | None:
@@ -265,23 +275,11 @@ def _frontier_values(
     (ay, ax), (ny, nx) = plan.trace.geometry, plan.trace.map_size
     with torch.inference_mode():
         intact = subject.forward_layers(image[None], [plan.layer])[plan.layer]
-    layer_of = rows.layer[group.rows]
-    names = {layer: subject.resolve_layer(layer) for layer in dict.fromkeys(str(x) for x in layer_of)}
-    modules = {name: subject.module(name) for name in names.values()}
-    picks = [(np.flatnonzero(layer_of == layer), name) for layer, name in names.items()]
     device = image.device
-    ch = [torch.as_tensor(rows.channel[group.rows][m], device=device) for m, _ in picks]
-    yy = [torch.as_tensor(group.unit_y[m], device=device) for m, _ in picks]
-    xx = [torch.as_tensor(group.unit_x[m], device=device) for m, _ in picks]
-
-    def units(outs: dict[str, torch.Tensor], n: int) -> np.ndarray:
-        out = np.empty((len(group.rows), n), dtype=np.float32)
-        for (m, name), c, y, x in zip(picks, ch, yy, xx):
-            out[m] = outs[name][:, c, y, x].float().cpu().numpy().T
-        return out
-
+    units = _Units(rows, group, device)
+    modules = {layer: subject.module(layer) for layer in units.layers}
     peak = rows.peak[group.rows]
-    check = units(tapped(plan.tail, (intact,), modules), 1)[:, 0]
+    check = units.values(tapped(plan.tail, (intact,), modules))[:, 0]
     if np.any(np.abs(check - peak) > _CHECK_RTOL * np.maximum(1.0, np.abs(peak))):
         return None
     values = np.empty((len(group.rows), len(needed)), dtype=np.float32)
@@ -306,7 +304,7 @@ def _frontier_values(
                 (f0, f1, c0, _), (g0, g1, d0, _) = boxes[k]
                 oy, ox = c0 // ay.jump, d0 // ax.jump
                 frontier[k, :, f0:f1, g0:g1] = block[j, :, f0 - oy : f1 - oy, g0 - ox : g1 - ox]
-        values[:, start : start + len(index)] = units(tapped(plan.tail, (frontier,), modules), len(index))
+        values[:, start : start + len(index)] = units.values(tapped(plan.tail, (frontier,), modules))
     return values
 
 
