@@ -10,10 +10,12 @@ mean activation (:func:`neurocnn.lesions.matched_random_units`). Per cell: the
 double-dissociation index DoD = [acc_placeKO(face) - acc_faceKO(face)] -
 [acc_placeKO(house) - acc_faceKO(house)] (positive = the predicted dissociation) with a
 bootstrap CI and a pair-label permutation p (:func:`neurocnn.tasks.interaction_test`),
-and the sham p (how often matched random lesions give a DoD as large). BH-FDR over all
-cells of a map; a cell is significant when both q <= 0.05 and DoD > 0. The sham p cannot go
-below 1 / (n_sham + 1) (attr ``p_sham_floor``): with 20 draws and 40 cells no cell can
-pass the sham FDR alone, so the full map's verdict rests on the permutation q as well. The same map for
+and the sham p: how often a pairing of a face-side and a place-side draw (the lesion or
+one of its matched shams) gives a DoD as large (:func:`neurocnn.tasks.sham_interaction_test`;
+its floor is 1 / (n_sham + 1)^2, attr ``p_sham_floor``). BH-FDR over all cells of a map;
+a cell is significant when both q <= 0.05 and DoD > 0. The full mode draws
+:func:`n_sham_for` shams per lesion, the fewest with which one cell alone can pass BH
+over the map (28 for 40 cells). The same map for
 virtual TMS (noise amplitude instead of size, top 10% channels). The full mode maps every
 network with real weights (``--model`` for one, ``--maps`` for some maps); ``--quick``
 maps the first of them (EfficientNet-Lite0) on two layers. Writes per network
@@ -23,6 +25,7 @@ maps the first of them (EfficientNet-Lite0) on two layers. Writes per network
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,7 +44,7 @@ from neurocnn import lesions, tasks  # noqa: E402
 
 SIZE_FRACTIONS = (0.0, 0.025, 0.05, 0.1, 0.2)  # 0.0 = a single channel / unit
 SETTINGS = {
-    "full": {"frac": 0.5, "n_train": 2400, "n_test": 480, "n_sham": 20, "n_perm": 2000, "n_boot": 1000,
+    "full": {"frac": 0.5, "n_train": 2400, "n_test": 480, "n_sham": None, "n_perm": 2000, "n_boot": 1000,
              "n_layers": None, "sizes": SIZE_FRACTIONS, "max_units": 80_000, "n_unit_layers": None,
              "amplitudes": (0.5, 1.0, 2.0, 4.0)},
     "quick": {"frac": 0.05, "n_train": 40, "n_test": 24, "n_sham": 2, "n_perm": 200, "n_boot": 200,
@@ -51,6 +54,8 @@ SETTINGS = {
 MAPS = ("knockout_channel", "tms_channel", "knockout_unit")
 TMS_SIZE = 0.1
 ALPHA = 0.05
+#: the dimensions of a cell's non-scalar results (after layer and size / amplitude).
+_CELL_DIMS = {"accuracy": ("condition", "category"), "d_prime": ("condition", "category"), "sham_effect": ("matched_to", "sham")}
 
 
 def _lesion_layers(subject, readout_layer: str, n: int | None) -> list[str]:
@@ -101,38 +106,31 @@ def _selections(subject, stim, layer, values, level, n_units):
     return chosen, mean
 
 
-def _dod(a: xr.Dataset, b: xr.Dataset) -> float:
-    d = (b["correct"].values - a["correct"].values).astype(float)
-    is_face = a["pair_category"].values == "face"
-    return float(d[is_face].mean() - d[~is_face].mean())
-
-
 def _cell(subject, task, readout, make, face_units, place_units, mean, n_sham, cfg, seed):
     """Evaluate face/place lesions and the matched sham draws of one map cell."""
     ev = {d: tasks.evaluate(subject, task, readout, make(u, None), n_bootstrap=1, seed=seed)
           for d, u in (("face", face_units), ("place", place_units))}
     inter = tasks.interaction_test(ev["face"], ev["place"], n_permutations=cfg["n_perm"], n_bootstrap=cfg["n_boot"], seed=seed)
     both = np.union1d(face_units.values, place_units.values)
-    sham_dod, sham_acc, sham_dp = [], {d: [] for d in ev}, {d: [] for d in ev}
+    shams = {d: [] for d in ev}
     for s in range(n_sham):
-        res = {}
         for d, u in (("face", face_units), ("place", place_units)):
             rand = lesions.matched_random_units(u.values, mean, exclude=both, seed=seed + 1000 * (s + 1) + (d == "place"))
-            res[d] = tasks.evaluate(subject, task, readout, make(rand, s), n_bootstrap=1, seed=seed)
-            sham_acc[d].append(res[d]["accuracy"].values)
-            sham_dp[d].append(res[d]["d_prime"].values)
-        sham_dod.append(_dod(res["face"], res["place"]))
-    dod = float(inter["dod"])
-    sham_dod = np.asarray(sham_dod)
+            shams[d].append(tasks.evaluate(subject, task, readout, make(rand, s), n_bootstrap=1, seed=seed))
+    null = tasks.sham_interaction_test(ev["face"], ev["place"], shams["face"], shams["place"])
+
+    def mean_of(var, d):
+        return np.mean([x[var].values for x in shams[d]], 0)
+
     return {
         "accuracy": np.stack([ev["face"]["accuracy"].values, ev["place"]["accuracy"].values,
-                              np.mean(sham_acc["face"], 0), np.mean(sham_acc["place"], 0)]),
+                              mean_of("accuracy", "face"), mean_of("accuracy", "place")]),
         "d_prime": np.stack([ev["face"]["d_prime"].values, ev["place"]["d_prime"].values,
-                             np.mean(sham_dp["face"], 0), np.mean(sham_dp["place"], 0)]),
-        "dod": dod, "dod_ci_low": float(inter["dod_ci_low"]), "dod_ci_high": float(inter["dod_ci_high"]),
-        "p_permutation": float(inter["p_permutation"]),
-        "p_sham": float((1 + np.sum(sham_dod >= dod - 1e-12)) / (1 + sham_dod.size)),
-        "sham_dod_mean": float(sham_dod.mean()), "sham_dod_sd": float(sham_dod.std(ddof=1)) if sham_dod.size > 1 else np.nan,
+                             mean_of("d_prime", "face"), mean_of("d_prime", "place")]),
+        "sham_effect": np.stack([null["effect_a"].values[1:], null["effect_b"].values[1:]]),
+        "dod": float(inter["dod"]), "dod_ci_low": float(inter["dod_ci_low"]), "dod_ci_high": float(inter["dod_ci_high"]),
+        "p_permutation": float(inter["p_permutation"]), "p_sham": float(null["p_sham"]),
+        "sham_dod_mean": float(null["sham_dod_mean"]), "sham_dod_sd": float(null["sham_dod_sd"]),
         "n_face": int(face_units.size), "n_place": int(place_units.size),
         "n_overlap": int(np.intersect1d(face_units.values, place_units.values).size),
     }
@@ -150,12 +148,25 @@ def _fdr(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _map(subject, task, readout, layers, steps, step_name, make_cell, cfg, seed, progress, desc):
-    """Run ``make_cell(layer, step)`` for every cell; returns a Dataset over (layer, step_name)."""
+def n_sham_for(n_cells: int, alpha: float = ALPHA) -> int:
+    """Fewest sham draws per lesion with which one cell alone can pass BH over ``n_cells`` cells.
+
+    The sham p of :func:`neurocnn.tasks.sham_interaction_test` is at least
+    ``1 / (n + 1)**2``; the smallest BH threshold over ``m`` cells is ``alpha / m``.
+    """
+    return max(1, math.ceil(math.sqrt(n_cells / alpha)) - 1)
+
+
+def _map(subject, task, readout, layers, steps, step_name, make_cell, n_sham, progress, desc):
+    """Run ``make_cell(layer, step, n_sham)`` for every cell; returns a Dataset over (layer, step_name).
+
+    ``n_sham=None``: :func:`n_sham_for` the map's number of cells.
+    """
+    n_sham = n_sham or n_sham_for(len(layers) * len(steps))
     cells = {}
     for layer in tqdm(layers, desc=desc, disable=not progress):
         for step in steps:
-            cells[(layer, step)] = make_cell(layer, step)
+            cells[(layer, step)] = make_cell(layer, step, n_sham)
     first = next(c for c in cells.values() if c is not None)
     data = {}
     for key, val in first.items():
@@ -165,12 +176,14 @@ def _map(subject, task, readout, layers, steps, step_name, make_cell, cfg, seed,
             for j, step in enumerate(steps):
                 if cells[(layer, step)] is not None:
                     arr[i, j] = cells[(layer, step)][key]
-        dims = ("layer", step_name) + (("condition", "category") if len(shape) == 2 else ())
-        data[key] = (dims, arr)
+        data[key] = (("layer", step_name) + _CELL_DIMS.get(key, ()), arr)
     coords = {"layer": [subject.alias_of(x) or x for x in layers], step_name: list(steps),
               "layer_dotted": ("layer", [subject.resolve_layer(x) for x in layers]),
-              "condition": ["face KO", "place KO", "sham (face-matched)", "sham (place-matched)"], "category": task.categories}
-    return _fdr(xr.Dataset(data, coords=coords))
+              "condition": ["face KO", "place KO", "sham (face-matched)", "sham (place-matched)"], "category": task.categories,
+              "matched_to": ["face", "place"], "sham": np.arange(first["sham_effect"].shape[1])}
+    ds = _fdr(xr.Dataset(data, coords=coords))
+    ds.attrs.update({"n_sham": n_sham, "p_sham_floor": 1 / (n_sham + 1) ** 2})
+    return ds
 
 
 def _logger(args, t0: float):
@@ -206,40 +219,46 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         return sel_cache[key]
 
     def ko_cell(level):
-        def make_cell(layer, size):
+        def make_cell(layer, size, n_sham):
             total = lesions.layer_size(subject, layer, level)
             n = max(1, round(size * total))
             (units, mean) = selection(layer, level, n)
             make = lambda u, _s: lesions.knockout(subject, layer, u, level=level)  # noqa: E731
-            return _cell(subject, task, readout, make, units["face"], units["place"], mean, args.n_sham or cfg["n_sham"], cfg, args.seed)
+            return _cell(subject, task, readout, make, units["face"], units["place"], mean, n_sham, cfg, args.seed)
         return make_cell
 
-    def tms_cell(layer, amplitude):
+    def tms_cell(layer, amplitude, n_sham):
         n = max(1, round(TMS_SIZE * lesions.layer_size(subject, layer)))
         units, mean = selection(layer, "channel", n)
 
         def make(u, s):
             return lesions.tms(subject, layer, u, amplitude=amplitude, sd=sd[layer], seed=args.seed + (0 if s is None else s + 1))
-        return _cell(subject, task, readout, make, units["face"], units["place"], mean, args.n_sham or cfg["n_sham"], cfg, args.seed)
+        return _cell(subject, task, readout, make, units["face"], units["place"], mean, n_sham, cfg, args.seed)
 
     sizes = list(cfg["sizes"])
+    n_sham = args.n_sham or cfg["n_sham"]
     plans = {
-        "knockout_channel": lambda: _map(subject, task, readout, layers, sizes, "size", ko_cell("channel"), cfg, args.seed,
+        "knockout_channel": lambda: _map(subject, task, readout, layers, sizes, "size", ko_cell("channel"), n_sham,
                                          args.progress, "KO map (channels)"),
-        "tms_channel": lambda: _map(subject, task, readout, layers, list(cfg["amplitudes"]), "amplitude", tms_cell, cfg,
-                                    args.seed, args.progress, "TMS map"),
-        "knockout_unit": lambda: _map(subject, task, readout, unit_layers, sizes, "size", ko_cell("unit"), cfg, args.seed,
+        "tms_channel": lambda: _map(subject, task, readout, layers, list(cfg["amplitudes"]), "amplitude", tms_cell, n_sham,
+                                    args.progress, "TMS map"),
+        "knockout_unit": lambda: _map(subject, task, readout, unit_layers, sizes, "size", ko_cell("unit"), n_sham,
                                       args.progress, "KO map (units)"),
     }
-    maps = {kind: plans[kind]() for kind in args.maps if kind != "knockout_unit" or unit_layers}
+    maps = {}
+    for kind in args.maps:
+        if kind != "knockout_unit" or unit_layers:
+            start = time.time()
+            maps[kind] = plans[kind]()
+            maps[kind].attrs["map_runtime_s"] = round(time.time() - start, 1)
+            log(f"{name}: {kind} map ({maps[kind].attrs['map_runtime_s']} s)")
     attrs = {
         "model": subject.name, "weights_sha256": subject.weights_id, "seed": args.seed, "quick": int(args.quick),
         **readout.attrs(), **task.attrs(), "readout_training": "intact",
         "selection": "top-N by d' (face vs place+object / place vs face+object) on the selection half of fLoc",
-        "localizer_fraction": cfg["frac"], "n_localizer_images": len(localizer), "n_sham": args.n_sham or cfg["n_sham"],
-        "p_sham_floor": 1 / (1 + (args.n_sham or cfg["n_sham"])),
-        "p_sham_floor_note": "the smallest sham p is 1 / (n_sham + 1); BH over a map of m cells needs about "
-                             "m / alpha sham draws before one cell alone can pass",
+        "localizer_fraction": cfg["frac"], "n_localizer_images": len(localizer),
+        "p_sham": "one sided, over all (n_sham + 1)^2 pairings of face-lesion and place-lesion draws "
+                  "(neurocnn.tasks.sham_interaction_test); floor p_sham_floor = 1 / (n_sham + 1)^2",
         "sham": "random units matched one-to-one on mean localizer activation, excluding face and place units",
         "size_definition": "size = fraction of the layer's channels (units); 0 = a single channel (unit)",
         "tms_size": TMS_SIZE, "tms_sd": "channel activation SD over localizer images and positions",
@@ -251,7 +270,7 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         "recalibrate": "none", "runtime_s": round(time.time() - t0, 1),
     }
     for ds in maps.values():
-        ds.attrs = dict(attrs)
+        ds.attrs = {**attrs, **ds.attrs}
     return maps, attrs
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "fit_readout",
     "evaluate",
     "interaction_test",
+    "sham_interaction_test",
     "classification_agreement",
     "ko_sweep",
     "plot_sweep",
@@ -607,6 +608,81 @@ def interaction_test(
         attrs={"seed": int(seed), "n_permutations": n_permutations, "n_bootstrap": n_bootstrap, "ci": ci,
                "definition": "DoD = [acc_B(c1) - acc_A(c1)] - [acc_B(c2) - acc_A(c2)]; positive = predicted double dissociation",
                "logit_sign": "logit_interaction and logit_z are signed like DoD (log-odds)"},
+    )
+
+
+def _category_effect(ev: xr.Dataset, cats: list[str]) -> float:
+    acc = ev["accuracy"]
+    return float(acc.sel(category=cats[0]) - acc.sel(category=cats[1]))
+
+
+def sham_interaction_test(
+    a: xr.Dataset,
+    b: xr.Dataset,
+    shams_a: Sequence[xr.Dataset],
+    shams_b: Sequence[xr.Dataset],
+) -> xr.Dataset:
+    """Test the double dissociation of lesions A and B against random lesions matched to each.
+
+    Under the null hypothesis that lesion A's units are no different from random units
+    matched to them (and B's likewise), ``a`` is exchangeable with the ``shams_a`` draws
+    and ``b`` with the ``shams_b`` draws. The DoD of :func:`interaction_test` depends
+    on one A evaluation and one B evaluation, ``DoD(i, j) = e_B[j] - e_A[i]`` with
+    ``e = acc(c1) - acc(c2)``, so every pairing of an A evaluation (the lesion or one of
+    its ``n_a`` shams) with a B evaluation is a draw from the null distribution. The
+    p-value counts all ``(n_a + 1)(n_b + 1)`` pairings, the observed one included
+    (a group-invariance test over permutations of the A and of the B draws: exact, one
+    sided, valid for any draw distribution). Its floor is ``1 / ((n_a + 1)(n_b + 1))``,
+    not ``1 / (n + 1)`` as with one DoD per pair of draws: 20 draws each reach 1/441.
+
+    Parameters
+    ----------
+    a, b : xarray.Dataset
+        :func:`evaluate` under lesion A and lesion B (same test pairs).
+    shams_a, shams_b : sequence of xarray.Dataset
+        :func:`evaluate` under random lesions matched to A and to B (at least one each).
+
+    Returns
+    -------
+    xarray.Dataset
+        Scalars ``dod``, ``p_sham`` (one sided: sham DoD >= observed), ``p_sham_floor``
+        and the null's ``sham_dod_mean`` and ``sham_dod_sd`` (over sham-sham pairings);
+        per draw ``effect_a`` over ``draw_a`` and ``effect_b`` over ``draw_b``
+        (``acc(c1) - acc(c2)``; draw 0 = the lesion itself).
+
+    Raises
+    ------
+    ShapeMismatchError
+        If the evaluations are not of the same test pairs, or there are not 2 categories.
+    InvalidDataError
+        If either list of shams is empty.
+    """
+    shams_a, shams_b = list(shams_a), list(shams_b)
+    if not shams_a or not shams_b:
+        raise InvalidDataError("sham_interaction_test needs at least one sham evaluation for each lesion.")
+    cats = [str(c) for c in a["category"].values]
+    if len(cats) != 2:
+        raise ShapeMismatchError(f"The interaction test needs exactly 2 pair categories, got {cats}.")
+    for ev in (b, *shams_a, *shams_b):
+        if not np.array_equal(ev["pair"].values, a["pair"].values) or [str(c) for c in ev["category"].values] != cats:
+            raise ShapeMismatchError("All evaluations must be of the same test pairs and categories (same task and readout).")
+    e_a = np.array([_category_effect(ev, cats) for ev in (a, *shams_a)])
+    e_b = np.array([_category_effect(ev, cats) for ev in (b, *shams_b)])
+    dod_all = e_b[None, :] - e_a[:, None]  # rows: A draws, columns: B draws
+    dod = dod_all[0, 0]
+    null = dod_all[1:, 1:]
+    n_pairings = dod_all.size
+    return xr.Dataset(
+        {
+            "dod": float(dod), "p_sham": float(np.sum(dod_all >= dod - 1e-12) / n_pairings),
+            "p_sham_floor": 1 / n_pairings, "sham_dod_mean": float(null.mean()),
+            "sham_dod_sd": float(null.std(ddof=1)) if null.size > 1 else np.nan,
+            "effect_a": ("draw_a", e_a), "effect_b": ("draw_b", e_b),
+        },
+        coords={"draw_a": np.arange(e_a.size), "draw_b": np.arange(e_b.size), "category": cats},
+        attrs={"n_shams_a": len(shams_a), "n_shams_b": len(shams_b),
+               "definition": "p = #{(i, j): e_B[j] - e_A[i] >= DoD} / ((n_a + 1)(n_b + 1)), draw 0 = the lesion; "
+                             "e = acc(c1) - acc(c2)"},
     )
 
 

@@ -182,6 +182,59 @@ def test_interaction_test_against_hand_computed_2x2():
         tasks.interaction_test(_fake(a, category, "x"), _fake(a, category[::-1], "y"))
 
 
+def _draw(rng, category, p_face, p_house, name="sham"):
+    return _fake((rng.uniform(size=category.size) < np.where(category == "face", p_face, p_house)).astype(int), category, name)
+
+
+def test_sham_interaction_test_counts_every_pairing_by_hand():
+    rng = np.random.default_rng(1)
+    category = np.repeat(["face", "house"], 40)
+    a, b = _draw(rng, category, 0.5, 0.9, "face_ko"), _draw(rng, category, 0.9, 0.6, "place_ko")
+    shams_a = [_draw(rng, category, 0.8, 0.8) for _ in range(5)]
+    shams_b = [_draw(rng, category, 0.8, 0.8) for _ in range(3)]
+    res = tasks.sham_interaction_test(a, b, shams_a, shams_b)
+    effect = lambda ev: float(ev["accuracy"][0] - ev["accuracy"][1])  # noqa: E731
+    dod = [[effect(y) - effect(x) for y in [b, *shams_b]] for x in [a, *shams_a]]  # every (A draw, B draw) pairing
+    observed = dod[0][0]
+    assert float(res["dod"]) == pytest.approx(observed)
+    assert float(res["dod"]) == pytest.approx(float(tasks.interaction_test(a, b, n_permutations=10)["dod"]))
+    assert float(res["p_sham"]) == pytest.approx(sum(d >= observed - 1e-12 for row in dod for d in row) / 24)
+    assert float(res["p_sham_floor"]) == pytest.approx(1 / 24)
+    null = [d for row in dod[1:] for d in row[1:]]
+    assert float(res["sham_dod_mean"]) == pytest.approx(np.mean(null))
+    assert float(res["sham_dod_sd"]) == pytest.approx(np.std(null, ddof=1))
+    assert res["effect_a"].values[0] == pytest.approx(effect(a)) and res["effect_b"].sizes["draw_b"] == 4
+
+
+def test_sham_interaction_test_is_valid_under_the_null_and_reaches_its_floor():
+    # lesions exchangeable with their shams: P(p <= alpha) <= alpha; a lesion beyond all shams reaches the floor
+    rng = np.random.default_rng(2)
+    category = np.repeat(["face", "house"], 30)
+    ps = []
+    for _ in range(400):
+        a_draws = [_draw(rng, category, 0.7, 0.8) for _ in range(5)]
+        b_draws = [_draw(rng, category, 0.8, 0.7) for _ in range(5)]
+        ps.append(float(tasks.sham_interaction_test(a_draws[0], b_draws[0], a_draws[1:], b_draws[1:])["p_sham"]))
+    ps = np.asarray(ps)
+    for alpha in (0.1, 0.2, 0.5):
+        assert np.mean(ps <= alpha) <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / ps.size)
+    a, b = _draw(rng, category, 0.0, 1.0), _draw(rng, category, 1.0, 0.0)
+    res = tasks.sham_interaction_test(a, b, [_draw(rng, category, 0.8, 0.8) for _ in range(20)],
+                                      [_draw(rng, category, 0.8, 0.8) for _ in range(20)])
+    assert float(res["p_sham"]) == pytest.approx(1 / 441) == pytest.approx(float(res["p_sham_floor"]))
+
+
+def test_sham_interaction_test_bad_input():
+    category = np.repeat(["face", "house"], 10)
+    rng = np.random.default_rng(3)
+    a = _draw(rng, category, 0.5, 0.5)
+    with pytest.raises(InvalidDataError, match="at least one sham"):
+        tasks.sham_interaction_test(a, a, [], [a])
+    other = _fake(np.ones(12, int), np.repeat(["face", "house"], 6), "x")
+    with pytest.raises(ShapeMismatchError, match="same test pairs"):
+        tasks.sham_interaction_test(a, a, [a], [other])
+
+
 def test_ko_sweep_classification_and_pairs(small, task, readout, images):
     before = _state(small)
     sweep = tasks.ko_sweep(small, images, ["conv1", "conv2"], [0.0, 0.5, 1.0], n_repeats=2, seed=0)

@@ -1,0 +1,41 @@
+"""analyses/dissociation_map.py: sham counts sized to the map, FDR and significance of cells."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import xarray as xr
+
+SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "dissociation_map.py"
+
+
+@pytest.fixture(scope="module")
+def dm():
+    spec = importlib.util.spec_from_file_location("dissociation_map", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("n_cells", [1, 2, 30, 32, 40, 100])
+def test_n_sham_for_is_the_fewest_draws_whose_floor_passes_bh(dm, n_cells):
+    n = dm.n_sham_for(n_cells)
+    assert 1 / (n + 1) ** 2 <= dm.ALPHA / n_cells
+    if n > 1:
+        assert 1 / n**2 > dm.ALPHA / n_cells
+    assert dm.n_sham_for(40) == 28
+
+
+def test_fdr_marks_cells_significant_only_under_both_nulls_and_positive_dod(dm):
+    p_perm = np.array([[1e-4, 1e-4, 0.5], [1e-4, 0.03, 0.9]])
+    p_sham = np.array([[1e-4, 0.5, 1e-4], [1e-4, 1e-4, 1e-4]])
+    dod = np.array([[0.2, 0.2, 0.2], [-0.2, 0.1, 0.1]])
+    ds = xr.Dataset({"p_permutation": (("layer", "size"), p_perm), "p_sham": (("layer", "size"), p_sham),
+                     "dod": (("layer", "size"), dod)})
+    out = dm._fdr(ds)
+    np.testing.assert_allclose(out["p_fdr_permutation"].values.ravel(), scipy.stats.false_discovery_control(p_perm.ravel()))
+    np.testing.assert_array_equal(out["significant"].values, [[1, 0, 0], [0, 1, 0]])
