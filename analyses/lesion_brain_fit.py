@@ -31,11 +31,13 @@ from _common import as_values, figure, make_parser, output_dir, write_headline  
 from neurocnn import datasets, lesions, rsa  # noqa: E402
 
 SETTINGS = {  # localizer fraction, sham draws, bootstrap samples, number of fit layers
-    "full": {"frac": 0.5, "n_sham": 10, "n_bootstrap": 1000, "n_layers": None},
+    "full": {"frac": 0.5, "n_sham": 50, "n_bootstrap": 1000, "n_layers": None},
     "quick": {"frac": 0.05, "n_sham": 2, "n_bootstrap": 100, "n_layers": 2},
 }
 SIZE = 0.1
 BLOCKS = {"face": "label_face", "body": "label_body", "animate": "label_animate"}
+#: the conditions with bootstrap CIs (the same seeded resamples, so their differences are paired); shams get the observed fit.
+BOOTSTRAPPED = ("intact", "face KO", "place KO")
 
 
 def block_structure(square: np.ndarray, stim: nc.StimulusSet) -> dict[str, float]:
@@ -52,6 +54,19 @@ def block_structure(square: np.ndarray, stim: nc.StimulusSet) -> dict[str, float
             within = square[np.ix_(inside, inside)][off[np.ix_(inside, inside)]].mean()
         out[name] = float(between - within)
     return out
+
+
+def _delta_cis(samples: dict[str, xr.DataArray], conditions: list[str], fit_layers: list[str], ci: float = 0.95) -> xr.Dataset:
+    """Percentile CIs of each bootstrapped lesion's tau-a change from intact, paired over the same resamples."""
+    low = np.full((len(conditions), len(fit_layers)), np.nan)
+    high = low.copy()
+    for i, c in enumerate(conditions):
+        if c in samples and c != "intact":
+            diff = (samples[c] - samples["intact"]).sel(layer=fit_layers).values
+            low[i], high[i] = np.nanquantile(diff, [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=1)
+    dims = ("condition", "fit_layer")
+    return xr.Dataset({"delta_tau_a_ci_low": (dims, low), "delta_tau_a_ci_high": (dims, high)},
+                      coords={"condition": conditions, "fit_layer": fit_layers})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         conditions[f"sham {s + 1}"] = lesions.knockout(subject, layer, rand)
     stim = nc.load_stimuli("92images")
     brain = datasets.load_92images_brain_rdms().groupby("subject").mean()
-    fits, blocks = {}, {}
+    fits, blocks, samples = {}, {}, {}
     for name, les in tqdm(conditions.items(), desc="lesions", disable=not args.progress):
         if les is None:
             act = subject.activations(stim, fit_layers, progress=False)
@@ -96,9 +111,15 @@ def main(argv: list[str] | None = None) -> int:
                 act = subject.activations(stim, fit_layers, progress=False)
         act = act if isinstance(act, dict) else {fit_layers[0]: act}
         rdms = {k: rsa.compute_rdm(v, metric="correlation") for k, v in act.items()}
-        boot = rsa.bootstrap_rdm_comparison(rdms, brain, method="tau_a", n_bootstrap=cfg["n_bootstrap"], over="both",
-                                            seed=args.seed, progress=False)
-        fits[name] = boot[["observed", "ci_low", "ci_high"]]
+        if name in BOOTSTRAPPED:
+            boot = rsa.bootstrap_rdm_comparison(rdms, brain, method="tau_a", n_bootstrap=cfg["n_bootstrap"], over="both",
+                                                seed=args.seed, progress=False)
+            fits[name] = boot[["observed", "ci_low", "ci_high"]]
+            samples[name] = boot["evaluation"]
+        else:  # the mean over subjects of tau-a, as bootstrap_rdm_comparison's ``observed``
+            observed = rsa.compare_rdms(rdms, brain, method="tau_a").mean("subject")
+            fits[name] = xr.Dataset({"observed": observed, "ci_low": xr.full_like(observed, np.nan),
+                                     "ci_high": xr.full_like(observed, np.nan)})
         blocks[name] = [[block_structure(np.asarray(rdms[k].values), stim)[b] for b in BLOCKS] for k in fit_layers]
     cond = list(conditions)
     fit = xr.concat([fits[c] for c in cond], dim=xr.DataArray(cond, dims="condition", name="condition"))
@@ -109,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "block_structure": (("condition", "fit_layer", "block"), np.array([blocks[c] for c in cond])),
     })
     ds = ds.assign_coords(fit_layer=fit_layers, block=list(BLOCKS))
+    ds = ds.merge(_delta_cis(samples, cond, fit_layers))
     sham = [c for c in cond if c.startswith("sham")]
     delta = ds - ds.sel(condition="intact")
     summary = {"model": subject.name, "lesion_layer": subject.alias_of(layer) or layer, "n_units": n, "n_sham": n_sham,
@@ -122,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         d_face = float(delta["tau_a"].sel(condition="face KO", fit_layer=layer_name))
         d_sham = delta["tau_a"].sel(condition=sham, fit_layer=layer_name).values
         row["delta_tau_face_ko"] = d_face
+        row["delta_tau_face_ko_ci"] = [float(ds[f"delta_tau_a_ci_{e}"].sel(condition="face KO", fit_layer=layer_name)) for e in ("low", "high")]
+        row["delta_tau_place_ko"] = float(delta["tau_a"].sel(condition="place KO", fit_layer=layer_name))
+        row["delta_tau_place_ko_ci"] = [float(ds[f"delta_tau_a_ci_{e}"].sel(condition="place KO", fit_layer=layer_name)) for e in ("low", "high")]
         row["delta_tau_sham_mean"] = float(d_sham.mean())
         row["delta_tau_sham_range"] = [float(d_sham.min()), float(d_sham.max())]
         row["p_sham_face_ko_lower"] = float((1 + np.sum(d_sham <= d_face)) / (1 + d_sham.size))
@@ -134,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     ds.attrs = {"model": subject.name, "weights_sha256": subject.weights_id, "lesion_layer": layer, "seed": args.seed,
                 "lesion_alias": subject.alias_of(layer) or layer,
                 "n_units": n, "size_fraction": SIZE, "n_sham": n_sham, "method": "tau_a", "rdm_metric": "correlation",
-                "bootstrap": "over stimuli and subjects", "n_bootstrap": cfg["n_bootstrap"], "brain": "human IT fMRI, 4 subjects (sessions averaged)",
+                "bootstrap": "over stimuli and subjects, for intact, face KO and place KO (shams: observed fit only); "
+                             "delta_tau_a_ci_*: percentile CI of the paired (same resamples) difference from intact",
+                "n_bootstrap": cfg["n_bootstrap"], "brain": "human IT fMRI, 4 subjects (sessions averaged)",
                 "sham": "knockout of random channels matched on mean localizer activation to the face units",
                 "block_structure": "mean between-block minus mean within-block correlation distance",
                 "selection": "top 10% channels by d' on a localizer half of fLoc", "quick": int(args.quick),
