@@ -15,7 +15,11 @@ one of its matched shams) gives a DoD as large (:func:`neurocnn.tasks.sham_inter
 its floor is 1 / (n_sham + 1)^2, attr ``p_sham_floor``). BH-FDR over all cells of a map;
 a cell is significant when both q <= 0.05 and DoD > 0. The full mode draws
 :func:`n_sham_for` shams per lesion, the fewest with which one cell alone can pass BH
-over the map (28 for 40 cells). The same map for
+over the map (28 for 40 cells), and draws them only for the cells that pass the
+permutation criteria (``--shams candidates``; the others cannot be significant, and
+their missing sham p counts as 1 in the sham FDR): a map costs two lesioned evaluations
+per cell plus 2 x n_sham per candidate cell, instead of 2 + 2 x n_sham per cell.
+``--shams all`` (the quick default) draws them everywhere. The same map for
 virtual TMS (noise amplitude instead of size, top 10% channels). The full mode maps every
 network with real weights (``--model`` for one, ``--maps`` for some maps); ``--quick``
 maps the first of them (EfficientNet-Lite0) on two layers. Writes per network
@@ -28,7 +32,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.stats
@@ -44,14 +50,16 @@ from neurocnn import lesions, tasks  # noqa: E402
 
 SIZE_FRACTIONS = (0.0, 0.025, 0.05, 0.1, 0.2)  # 0.0 = a single channel / unit
 SETTINGS = {
-    "full": {"frac": 0.5, "n_train": 2400, "n_test": 480, "n_sham": None, "n_perm": 2000, "n_boot": 1000,
+    "full": {"frac": 0.5, "n_train": 2400, "n_test": 480, "n_sham": None, "shams": "candidates", "n_perm": 2000, "n_boot": 1000,
              "n_layers": None, "sizes": SIZE_FRACTIONS, "max_units": 80_000, "n_unit_layers": None,
              "amplitudes": (0.5, 1.0, 2.0, 4.0)},
-    "quick": {"frac": 0.05, "n_train": 40, "n_test": 24, "n_sham": 2, "n_perm": 200, "n_boot": 200,
+    "quick": {"frac": 0.05, "n_train": 40, "n_test": 24, "n_sham": 2, "shams": "all", "n_perm": 200, "n_boot": 200,
               "n_layers": 2, "sizes": (0.0, 0.1), "max_units": 20_000, "n_unit_layers": 1, "amplitudes": (2.0,)},
 }
 #: the maps of one network: channel knockout, virtual TMS on channels, unit (channel x position) knockout.
 MAPS = ("knockout_channel", "tms_channel", "knockout_unit")
+#: which cells get sham draws (see _map).
+SHAMS = ("candidates", "all")
 TMS_SIZE = 0.1
 ALPHA = 0.05
 #: the dimensions of a cell's non-scalar results (after layer and size / amplitude).
@@ -106,44 +114,67 @@ def _selections(subject, stim, layer, values, level, n_units):
     return chosen, mean
 
 
-def _cell(subject, task, readout, make, face_units, place_units, mean, n_sham, cfg, seed):
-    """Evaluate face/place lesions and the matched sham draws of one map cell."""
-    ev = {d: tasks.evaluate(subject, task, readout, make(u, None), n_bootstrap=1, seed=seed)
-          for d, u in (("face", face_units), ("place", place_units))}
-    inter = tasks.interaction_test(ev["face"], ev["place"], n_permutations=cfg["n_perm"], n_bootstrap=cfg["n_boot"], seed=seed)
-    both = np.union1d(face_units.values, place_units.values)
-    shams = {d: [] for d in ev}
+class _Cell(NamedTuple):
+    """One map cell: how to make its lesions, the face and place units, and the units' mean activations."""
+
+    make: Callable[[Any, int | None], lesions.Lesion]  # (units, sham index or None) -> lesion
+    face: xr.DataArray
+    place: xr.DataArray
+    mean: np.ndarray
+
+
+def _lesion_pair(subject, task, readout, cell: _Cell, cfg, seed):
+    """Stage 1 of a cell: the face and place lesions and their interaction test over pair labels."""
+    ev = {d: tasks.evaluate(subject, task, readout, cell.make(u, None), n_bootstrap=1, seed=seed)
+          for d, u in (("face", cell.face), ("place", cell.place))}
+    return ev, tasks.interaction_test(ev["face"], ev["place"], n_permutations=cfg["n_perm"], n_bootstrap=cfg["n_boot"], seed=seed)
+
+
+def _shams(subject, task, readout, cell: _Cell, n_sham, seed):
+    """Stage 2 of a cell: ``n_sham`` random lesions matched to each of the face and the place units."""
+    both = np.union1d(cell.face.values, cell.place.values)
+    shams = {"face": [], "place": []}
     for s in range(n_sham):
-        for d, u in (("face", face_units), ("place", place_units)):
-            rand = lesions.matched_random_units(u.values, mean, exclude=both, seed=seed + 1000 * (s + 1) + (d == "place"))
-            shams[d].append(tasks.evaluate(subject, task, readout, make(rand, s), n_bootstrap=1, seed=seed))
-    null = tasks.sham_interaction_test(ev["face"], ev["place"], shams["face"], shams["place"])
+        for d, u in (("face", cell.face), ("place", cell.place)):
+            rand = lesions.matched_random_units(u.values, cell.mean, exclude=both, seed=seed + 1000 * (s + 1) + (d == "place"))
+            shams[d].append(tasks.evaluate(subject, task, readout, cell.make(rand, s), n_bootstrap=1, seed=seed))
+    return shams
 
-    def mean_of(var, d):
-        return np.mean([x[var].values for x in shams[d]], 0)
 
+def _cell_result(cell: _Cell, ev, inter, shams, n_sham) -> dict:
+    """A cell's values; the sham ones are NaN where no shams were drawn."""
+    if shams is None:
+        none = np.full(len(ev["face"]["category"]), np.nan)
+        sham_acc = sham_dp = (none, none)
+        effect = np.full((2, n_sham), np.nan)
+        null = {"p_sham": np.nan, "sham_dod_mean": np.nan, "sham_dod_sd": np.nan}
+    else:
+        sham_acc = [np.mean([x["accuracy"].values for x in shams[d]], 0) for d in ("face", "place")]
+        sham_dp = [np.mean([x["d_prime"].values for x in shams[d]], 0) for d in ("face", "place")]
+        null = tasks.sham_interaction_test(ev["face"], ev["place"], shams["face"], shams["place"])
+        effect = np.stack([null["effect_a"].values[1:], null["effect_b"].values[1:]])
     return {
-        "accuracy": np.stack([ev["face"]["accuracy"].values, ev["place"]["accuracy"].values,
-                              mean_of("accuracy", "face"), mean_of("accuracy", "place")]),
-        "d_prime": np.stack([ev["face"]["d_prime"].values, ev["place"]["d_prime"].values,
-                             mean_of("d_prime", "face"), mean_of("d_prime", "place")]),
-        "sham_effect": np.stack([null["effect_a"].values[1:], null["effect_b"].values[1:]]),
+        "accuracy": np.stack([ev["face"]["accuracy"].values, ev["place"]["accuracy"].values, *sham_acc]),
+        "d_prime": np.stack([ev["face"]["d_prime"].values, ev["place"]["d_prime"].values, *sham_dp]),
+        "sham_effect": effect,
         "dod": float(inter["dod"]), "dod_ci_low": float(inter["dod_ci_low"]), "dod_ci_high": float(inter["dod_ci_high"]),
         "p_permutation": float(inter["p_permutation"]), "p_sham": float(null["p_sham"]),
         "sham_dod_mean": float(null["sham_dod_mean"]), "sham_dod_sd": float(null["sham_dod_sd"]),
-        "n_face": int(face_units.size), "n_place": int(place_units.size),
-        "n_overlap": int(np.intersect1d(face_units.values, place_units.values).size),
+        "shams_drawn": int(shams is not None),
+        "n_face": int(cell.face.size), "n_place": int(cell.place.size),
+        "n_overlap": int(np.intersect1d(cell.face.values, cell.place.values).size),
     }
 
 
+def _bh(p: np.ndarray) -> np.ndarray:
+    """BH-adjusted p over all cells; cells without a p (NaN: not tested) count as p = 1, which is conservative."""
+    return scipy.stats.false_discovery_control(np.where(np.isfinite(p), p, 1.0))
+
+
 def _fdr(ds: xr.Dataset) -> xr.Dataset:
-    """BH-FDR over all finite cells of the map; ``significant`` = both q <= ALPHA and DoD > 0."""
+    """BH-FDR over all cells of the map; ``significant`` = both q <= ALPHA and DoD > 0."""
     for p in ("p_permutation", "p_sham"):
-        q = np.full(ds[p].shape, np.nan)
-        ok = np.isfinite(ds[p].values)
-        if ok.any():
-            q[ok] = scipy.stats.false_discovery_control(ds[p].values[ok])
-        ds[p.replace("p_", "p_fdr_")] = (ds[p].dims, q)
+        ds[p.replace("p_", "p_fdr_")] = (ds[p].dims, _bh(ds[p].values.ravel()).reshape(ds[p].shape))
     ds["significant"] = (ds["dod"].dims, ((ds["p_fdr_permutation"] <= ALPHA) & (ds["p_fdr_sham"] <= ALPHA) & (ds["dod"] > 0)).values.astype(np.int8))
     return ds
 
@@ -157,32 +188,42 @@ def n_sham_for(n_cells: int, alpha: float = ALPHA) -> int:
     return max(1, math.ceil(math.sqrt(n_cells / alpha)) - 1)
 
 
-def _map(subject, task, readout, layers, steps, step_name, make_cell, n_sham, progress, desc):
-    """Run ``make_cell(layer, step, n_sham)`` for every cell; returns a Dataset over (layer, step_name).
+def _candidates(first: dict, shams: str) -> list:
+    """Cells that get sham draws: all, or those that pass the permutation criteria (q <= ALPHA over the map, DoD > 0)."""
+    keys = list(first)
+    if shams == "all":
+        return keys
+    q = _bh(np.array([float(first[k][1]["p_permutation"]) for k in keys]))
+    return [k for k, qk in zip(keys, q) if qk <= ALPHA and float(first[k][1]["dod"]) > 0]
 
-    ``n_sham=None``: :func:`n_sham_for` the map's number of cells.
+
+def _map(subject, task, readout, layers, steps, step_name, make_cell, n_sham, shams, cfg, seed, progress, desc):
+    """Run the cells ``make_cell(layer, step) -> _Cell`` in two stages; returns a Dataset over (layer, step_name).
+
+    Stage 1 evaluates the face and the place lesion of every cell; stage 2 draws the
+    matched shams (``n_sham``; None: :func:`n_sham_for` the map's number of cells) for
+    the cells :func:`_candidates` names. A cell is significant only if it passes both
+    criteria, so with ``shams="candidates"`` the other cells' sham p (NaN, counted as 1 in
+    the BH of the sham p) cannot change which cells are significant, except to make the
+    sham FDR more conservative.
     """
     n_sham = n_sham or n_sham_for(len(layers) * len(steps))
-    cells = {}
-    for layer in tqdm(layers, desc=desc, disable=not progress):
-        for step in steps:
-            cells[(layer, step)] = make_cell(layer, step, n_sham)
-    first = next(c for c in cells.values() if c is not None)
+    keys = [(layer, step) for layer in layers for step in steps]
+    cells = {k: make_cell(*k) for k in keys}
+    first = {k: _lesion_pair(subject, task, readout, cells[k], cfg, seed) for k in tqdm(keys, desc=f"{desc}: lesions", disable=not progress)}
+    chosen = _candidates(first, shams)
+    drawn = {k: _shams(subject, task, readout, cells[k], n_sham, seed) for k in tqdm(chosen, desc=f"{desc}: shams", disable=not progress)}
+    results = {k: _cell_result(cells[k], *first[k], drawn.get(k), n_sham) for k in keys}
     data = {}
-    for key, val in first.items():
-        shape = np.shape(val)
-        arr = np.full((len(layers), len(steps), *shape), np.nan)
-        for i, layer in enumerate(layers):
-            for j, step in enumerate(steps):
-                if cells[(layer, step)] is not None:
-                    arr[i, j] = cells[(layer, step)][key]
+    for key, val in results[keys[0]].items():
+        arr = np.stack([results[k][key] for k in keys]).reshape(len(layers), len(steps), *np.shape(val))
         data[key] = (("layer", step_name) + _CELL_DIMS.get(key, ()), arr)
     coords = {"layer": [subject.alias_of(x) or x for x in layers], step_name: list(steps),
               "layer_dotted": ("layer", [subject.resolve_layer(x) for x in layers]),
               "condition": ["face KO", "place KO", "sham (face-matched)", "sham (place-matched)"], "category": task.categories,
-              "matched_to": ["face", "place"], "sham": np.arange(first["sham_effect"].shape[1])}
+              "matched_to": ["face", "place"], "sham": np.arange(n_sham)}
     ds = _fdr(xr.Dataset(data, coords=coords))
-    ds.attrs.update({"n_sham": n_sham, "p_sham_floor": 1 / (n_sham + 1) ** 2})
+    ds.attrs.update({"n_sham": n_sham, "p_sham_floor": 1 / (n_sham + 1) ** 2, "shams": shams, "n_cells_with_shams": len(chosen)})
     return ds
 
 
@@ -219,31 +260,27 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         return sel_cache[key]
 
     def ko_cell(level):
-        def make_cell(layer, size, n_sham):
-            total = lesions.layer_size(subject, layer, level)
-            n = max(1, round(size * total))
-            (units, mean) = selection(layer, level, n)
-            make = lambda u, _s: lesions.knockout(subject, layer, u, level=level)  # noqa: E731
-            return _cell(subject, task, readout, make, units["face"], units["place"], mean, n_sham, cfg, args.seed)
+        def make_cell(layer, size):
+            n = max(1, round(size * lesions.layer_size(subject, layer, level)))
+            units, mean = selection(layer, level, n)
+            return _Cell(lambda u, _s: lesions.knockout(subject, layer, u, level=level), units["face"], units["place"], mean)
         return make_cell
 
-    def tms_cell(layer, amplitude, n_sham):
+    def tms_cell(layer, amplitude):
         n = max(1, round(TMS_SIZE * lesions.layer_size(subject, layer)))
         units, mean = selection(layer, "channel", n)
 
         def make(u, s):
             return lesions.tms(subject, layer, u, amplitude=amplitude, sd=sd[layer], seed=args.seed + (0 if s is None else s + 1))
-        return _cell(subject, task, readout, make, units["face"], units["place"], mean, n_sham, cfg, args.seed)
+        return _Cell(make, units["face"], units["place"], mean)
 
     sizes = list(cfg["sizes"])
-    n_sham = args.n_sham or cfg["n_sham"]
+    common = {"n_sham": args.n_sham or cfg["n_sham"], "shams": args.shams or cfg["shams"], "cfg": cfg, "seed": args.seed,
+              "progress": args.progress}
     plans = {
-        "knockout_channel": lambda: _map(subject, task, readout, layers, sizes, "size", ko_cell("channel"), n_sham,
-                                         args.progress, "KO map (channels)"),
-        "tms_channel": lambda: _map(subject, task, readout, layers, list(cfg["amplitudes"]), "amplitude", tms_cell, n_sham,
-                                    args.progress, "TMS map"),
-        "knockout_unit": lambda: _map(subject, task, readout, unit_layers, sizes, "size", ko_cell("unit"), n_sham,
-                                      args.progress, "KO map (units)"),
+        "knockout_channel": lambda: _map(subject, task, readout, layers, sizes, "size", ko_cell("channel"), desc="KO map (channels)", **common),
+        "tms_channel": lambda: _map(subject, task, readout, layers, list(cfg["amplitudes"]), "amplitude", tms_cell, desc="TMS map", **common),
+        "knockout_unit": lambda: _map(subject, task, readout, unit_layers, sizes, "size", ko_cell("unit"), desc="KO map (units)", **common),
     }
     maps = {}
     for kind in args.maps:
@@ -257,7 +294,7 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         **readout.attrs(), **task.attrs(), "readout_training": "intact",
         "selection": "top-N by d' (face vs place+object / place vs face+object) on the selection half of fLoc",
         "localizer_fraction": cfg["frac"], "n_localizer_images": len(localizer),
-        "p_sham": "one sided, over all (n_sham + 1)^2 pairings of face-lesion and place-lesion draws "
+        "p_sham_definition": "one sided, over all (n_sham + 1)^2 pairings of face-lesion and place-lesion draws "
                   "(neurocnn.tasks.sham_interaction_test); floor p_sham_floor = 1 / (n_sham + 1)^2",
         "sham": "random units matched one-to-one on mean localizer activation, excluding face and place units",
         "size_definition": "size = fraction of the layer's channels (units); 0 = a single channel (unit)",
@@ -281,9 +318,16 @@ def _best(ds: xr.Dataset, step: str) -> dict:
     layer, value = str(cell["layer"].item()), cell[step].item()
     sub = ds.sel({"layer": layer, step: value})
     return {"layer": layer, step: float(value), "dod": float(sub["dod"]), "ci": [float(sub["dod_ci_low"]), float(sub["dod_ci_high"])],
-            "p_permutation": float(sub["p_permutation"]), "p_sham": float(sub["p_sham"]), "p_fdr_permutation": float(sub["p_fdr_permutation"]),
+            "p_permutation": float(sub["p_permutation"]), "p_sham": _or_none(sub["p_sham"]), "p_fdr_permutation": float(sub["p_fdr_permutation"]),
             "p_fdr_sham": float(sub["p_fdr_sham"]), "significant": bool(sub["significant"]), "n_face": int(sub["n_face"]), "n_place": int(sub["n_place"]),
-            "n_significant_cells": int(ds["significant"].sum()), "n_cells": int(np.isfinite(ds["dod"].values).sum())}
+            "min_p_fdr_permutation": float(ds["p_fdr_permutation"].min()), "n_significant_cells": int(ds["significant"].sum()),
+            "n_cells": int(np.isfinite(ds["dod"].values).sum()), "n_cells_with_shams": int(ds["shams_drawn"].sum())}
+
+
+def _or_none(value) -> float | None:
+    """A float for JSON; None where the value is missing (no shams drawn)."""
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def _plot(all_maps: dict[str, dict[str, xr.Dataset]]):
@@ -321,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser("dissociation_map", __doc__.splitlines()[0])
     parser.set_defaults(model=None)
     parser.add_argument("--readout-layer", default=None, help="readout layer (default: the penultimate default layer)")
-    parser.add_argument("--n-sham", type=int, default=None, help="matched sham draws per cell")
+    parser.add_argument("--n-sham", type=int, default=None, help="matched sham draws per lesion (default: by map size)")
+    parser.add_argument("--shams", choices=SHAMS, default=None,
+                        help="cells that get sham draws: those passing the permutation criteria (full default) or all (quick default)")
     parser.add_argument("--layers", type=int, default=None, help="only the deepest N lesion layers (default: by mode)")
     parser.add_argument("--sizes", nargs="*", type=float, default=None, help="lesion sizes as fractions (0 = one unit)")
     parser.add_argument("--n-test", type=int, default=None, help="test pairs (default: by mode)")
