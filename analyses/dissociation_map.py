@@ -14,7 +14,7 @@ and the sham p: how often a pairing of a face-side and a place-side draw (the le
 one of its matched shams) gives a DoD as large (:func:`neurocnn.tasks.sham_interaction_test`;
 its floor is 1 / (n_sham + 1)^2, attr ``p_sham_floor``). BH-FDR over all cells of a map;
 a cell is significant when both q <= 0.05 and DoD > 0. The full mode draws
-:func:`n_sham_for` shams per lesion, the fewest with which one cell alone can pass BH
+:func:`neurocnn.tasks.n_sham_for` shams per lesion, the fewest with which one cell alone can pass BH
 over the map (28 for 40 cells), and draws them only for the cells that pass the
 permutation criteria (``--shams candidates``; the others cannot be significant, and
 their missing sham p counts as 1 in the sham FDR): a map costs two lesioned evaluations
@@ -29,7 +29,6 @@ maps the first of them (EfficientNet-Lite0) on two layers. Writes per network
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -179,15 +178,6 @@ def _fdr(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def n_sham_for(n_cells: int, alpha: float = ALPHA) -> int:
-    """Fewest sham draws per lesion with which one cell alone can pass BH over ``n_cells`` cells.
-
-    The sham p of :func:`neurocnn.tasks.sham_interaction_test` is at least
-    ``1 / (n + 1)**2``; the smallest BH threshold over ``m`` cells is ``alpha / m``.
-    """
-    return max(1, math.ceil(math.sqrt(n_cells / alpha)) - 1)
-
-
 def _candidates(first: dict, shams: str) -> list:
     """Cells that get sham draws: all, or those that pass the permutation criteria (q <= ALPHA over the map, DoD > 0)."""
     keys = list(first)
@@ -201,13 +191,13 @@ def _map(subject, task, readout, layers, steps, step_name, make_cell, n_sham, sh
     """Run the cells ``make_cell(layer, step) -> _Cell`` in two stages; returns a Dataset over (layer, step_name).
 
     Stage 1 evaluates the face and the place lesion of every cell; stage 2 draws the
-    matched shams (``n_sham``; None: :func:`n_sham_for` the map's number of cells) for
+    matched shams (``n_sham``; None: :func:`neurocnn.tasks.n_sham_for` the map's number of cells) for
     the cells :func:`_candidates` names. A cell is significant only if it passes both
     criteria, so with ``shams="candidates"`` the other cells' sham p (NaN, counted as 1 in
     the BH of the sham p) cannot change which cells are significant, except to make the
     sham FDR more conservative.
     """
-    n_sham = n_sham or n_sham_for(len(layers) * len(steps))
+    n_sham = n_sham or tasks.n_sham_for(len(layers) * len(steps), ALPHA)
     keys = [(layer, step) for layer in layers for step in steps]
     cells = {k: make_cell(*k) for k in keys}
     first = {k: _lesion_pair(subject, task, readout, cells[k], cfg, seed) for k in tqdm(keys, desc=f"{desc}: lesions", disable=not progress)}

@@ -12,7 +12,8 @@ same knockout, same readout features (spatial mean of the readout layer):
 Per lesion layer: best of ``--repeats`` wall and CPU times for one lesioned
 evaluation, the ratio, and a check that both give the same features. Then the time of
 the whole dissociation map (``analyses/dissociation_map.py``) is projected from the
-measured per-evaluation times and the map's evaluation counts (quick and full).
+measured per-evaluation times and the map's evaluation counts (quick and full), with
+shams in every cell and two-stage (shams only in cells passing the permutation test).
 
 Run from the repo root: ``python benchmarks/lesions.py [--quick]``.
 """
@@ -91,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         per_eval[layer] = w1
         print(f"{layer:8s} {w1:13.3f} {c1:7.3f} {w2:11.3f} {c2:7.3f} {w2 / w1:6.2f}  {np.abs(a - b).max():.2e}")
     mean_eval = float(np.mean(list(per_eval.values())))
-    for mode, (n_layers, n_sizes, n_sham, n_amp) in {"quick": (2, 2, 2, 1), "full": (8, 5, 20, 4)}.items():
-        n_eval = n_layers * (n_sizes + n_amp) * (2 + 2 * n_sham)
-        print(f"dissociation map ({mode}): {n_eval} lesioned evaluations x {mean_eval:.3f} s (mean of the layers above, "
-              f"at {images.shape[0]} views) = {n_eval * mean_eval:.0f} s projected (channel KO + TMS maps)")
+    for mode, (n_layers, n_sizes, n_amp) in {"quick": (2, 2, 1), "full": (8, 5, 4)}.items():
+        cells = [n_layers * n_sizes, n_layers * n_amp]  # the channel KO and the TMS map
+        n_sham = [2, 2] if mode == "quick" else [tasks.n_sham_for(m) for m in cells]
+        every = sum(m * (2 + 2 * n) for m, n in zip(cells, n_sham))  # shams in every cell
+        lesions_only = 2 * sum(cells)  # two-stage, no cell passes the permutation criteria
+        print(f"dissociation map ({mode}, channel KO + TMS, {images.shape[0]} views, {mean_eval:.3f} s per evaluation: the mean "
+              f"of the layers above): shams in every cell {every} evaluations = {every * mean_eval:.0f} s; two-stage "
+              f"{lesions_only} evaluations = {lesions_only * mean_eval:.0f} s plus {mean_eval * 2 * max(n_sham):.0f} s "
+              f"per candidate cell")
     return 0
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "evaluate",
     "interaction_test",
     "sham_interaction_test",
+    "n_sham_for",
     "classification_agreement",
     "ko_sweep",
     "plot_sweep",
@@ -684,6 +685,30 @@ def sham_interaction_test(
                "definition": "p = #{(i, j): e_B[j] - e_A[i] >= DoD} / ((n_a + 1)(n_b + 1)), draw 0 = the lesion; "
                              "e = acc(c1) - acc(c2)"},
     )
+
+
+def n_sham_for(n_tests: int, alpha: float = 0.05) -> int:
+    """Fewest sham draws per lesion with which one test alone can pass BH over ``n_tests`` tests.
+
+    The p-value of :func:`sham_interaction_test` with ``n`` draws per lesion is at
+    least ``1 / (n + 1)**2``, and the smallest Benjamini-Hochberg threshold over ``m``
+    tests is ``alpha / m``; this returns the smallest ``n`` with
+    ``1 / (n + 1)**2 <= alpha / m`` (28 for 40 tests at alpha 0.05).
+
+    Parameters
+    ----------
+    n_tests : int
+        Number of tests corrected together (e.g. the cells of a dissociation map).
+    alpha : float
+        FDR level.
+
+    Returns
+    -------
+    int
+    """
+    n_tests = check_positive_int("n_tests", n_tests)
+    alpha = check_fraction("alpha", alpha)
+    return max(1, math.ceil(math.sqrt(n_tests / alpha)) - 1)
 
 
 # ------------------------------------------------------------------ classification and sweeps

@@ -224,6 +224,15 @@ def test_sham_interaction_test_is_valid_under_the_null_and_reaches_its_floor():
     assert float(res["p_sham"]) == pytest.approx(1 / 441) == pytest.approx(float(res["p_sham_floor"]))
 
 
+@pytest.mark.parametrize("n_tests", [1, 2, 30, 32, 40, 100])
+def test_n_sham_for_is_the_fewest_draws_whose_floor_passes_bh(n_tests):
+    n = tasks.n_sham_for(n_tests)
+    assert 1 / (n + 1) ** 2 <= 0.05 / n_tests
+    if n > 1:
+        assert 1 / n**2 > 0.05 / n_tests
+    assert tasks.n_sham_for(40) == 28 and tasks.n_sham_for(40, alpha=0.1) == 19
+
+
 def test_sham_interaction_test_bad_input():
     category = np.repeat(["face", "house"], 10)
     rng = np.random.default_rng(3)
