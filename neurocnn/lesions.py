@@ -82,6 +82,10 @@ _LEVELS = ("channel", "unit")
 
 
 # ------------------------------------------------------------------ layer geometry
+#: the note on selectivity's ``p``, the 0.1 name of ``p_value``.
+_P_ALIAS = "alias of p_value (the name of neurocnn 0.1); it will be removed in neurocnn 0.3"
+
+
 def layer_size(subject: VirtualSubject, layer: str, level: Level = "channel") -> int:
     """Return the number of channels (``level="channel"``) or units of ``layer``."""
     check_option("level", level, _LEVELS)
@@ -189,8 +193,8 @@ def selectivity(
     xarray.Dataset
         Over dim ``channel`` (or ``unit``): ``mean_target``, ``mean_against``,
         ``sd_target``, ``sd_against``, ``d_prime`` = (mt - ma) / sqrt((st² + sa²) / 2),
-        ``t`` and ``p`` (Welch's t-test, one-sided target > against; units constant
-        across all images get t = 0, p = 1), ``selectivity_index`` = (mt - ma) /
+        ``t`` and ``p_value`` (Welch's t-test, one-sided target > against; units
+        constant across all images get t = 0, p = 1; ``p`` is a deprecated alias), ``selectivity_index`` = (mt - ma) /
         (|mt| + |ma|) in [-1, 1] (0 where both means are 0). Attrs: provenance,
         target, against, by, level, n_target, n_against, response.
 
@@ -238,7 +242,7 @@ def selectivity(
     dim = "channel" if level == "channel" else "unit"
     data = {
         "mean_target": mt, "mean_against": ma, "sd_target": st, "sd_against": sa,
-        "d_prime": d_prime, "t": t, "p": p, "selectivity_index": index,
+        "d_prime": d_prime, "t": t, "p_value": p, "selectivity_index": index,
     }
     attrs = {
         **{k: v for k, v in act.attrs.items() if k != "requested_as"},
@@ -251,7 +255,9 @@ def selectivity(
         "response": "spatial mean of the channel's activation map" if level == "channel" else "unit activation",
         "test": "Welch t-test, one-sided (target > against)",
     }
-    return xr.Dataset({k: (dim, v) for k, v in data.items()}, coords=unit_coords, attrs=attrs)
+    ds = xr.Dataset({k: (dim, v) for k, v in data.items()}, coords=unit_coords, attrs=attrs)
+    ds["p"] = ds["p_value"].assign_attrs(deprecated=_P_ALIAS)
+    return ds
 
 
 def _labels(stim: StimulusSet, by: str, needed: Sequence[str]) -> np.ndarray:
@@ -282,9 +288,14 @@ def _bh_adjust(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def _p_values(sel: xr.Dataset) -> np.ndarray:
+    """The selectivity p-values; results saved by neurocnn 0.1 name them ``p``."""
+    return sel["p_value" if "p_value" in sel else "p"].values
+
+
 def _select_fdr(sel: xr.Dataset, stat: str, q: float, n: int | None) -> tuple[np.ndarray, dict[str, Any]]:
     q = check_fraction("q", q)
-    adjusted = _bh_adjust(sel["p"].values)
+    adjusted = _bh_adjust(_p_values(sel))
     chosen = np.flatnonzero((adjusted <= q) & (sel[stat].values > 0))
     return chosen, {"q": q, "min_adjusted_p": float(adjusted.min())}
 
@@ -351,7 +362,7 @@ def select_units(
         Unknown method or stat.
     """
     check_option("selection method", method, _SELECTORS)
-    check_option("statistic", stat, [v for v in sel.data_vars if v != "p"])
+    check_option("statistic", stat, [v for v in sel.data_vars if v not in ("p", "p_value")])
     chosen, extra = _SELECTORS[method](sel, stat, q, n)
     dim = _unit_dim(sel)
     total = sel.sizes[dim]

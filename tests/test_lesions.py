@@ -102,7 +102,9 @@ def test_selectivity_finds_the_face_and_place_channels(tiny, toy):
     is_face = np.asarray(toy.metadata["domain"]) == "face"
     ref = scipy.stats.ttest_ind(acts[is_face], acts[~is_face], equal_var=False, alternative="greater")
     np.testing.assert_allclose(face["t"].values[:2], ref.statistic[:2], rtol=1e-6)
-    np.testing.assert_allclose(face["p"].values[:2], ref.pvalue[:2], rtol=1e-6, atol=1e-300)
+    np.testing.assert_allclose(face["p_value"].values[:2], ref.pvalue[:2], rtol=1e-6, atol=1e-300)
+    np.testing.assert_array_equal(face["p"].values, face["p_value"].values)  # the deprecated 0.1 name
+    assert "p_value" in face["p"].attrs["deprecated"]
 
 
 def test_unit_level_selectivity_has_unit_coords(tiny, toy):
@@ -117,13 +119,14 @@ def test_unit_level_selectivity_has_unit_coords(tiny, toy):
     assert len(hits) - sum(hits) <= 0.1 * len(hits)  # noise-only units pass at most at the FDR rate
 
 
-def test_fdr_matches_scipy():
+@pytest.mark.parametrize("name", ["p_value", "p"])  # "p": selectivity saved by neurocnn 0.1
+def test_fdr_matches_scipy(name):
     rng = np.random.default_rng(3)
     p = np.concatenate([rng.uniform(0, 1e-4, 20), rng.uniform(0, 1, 200)])
     np.testing.assert_allclose(lesions._bh_adjust(p), scipy.stats.false_discovery_control(p), rtol=1e-12)
     import xarray as xr
 
-    sel = xr.Dataset({"p": ("channel", p), "t": ("channel", np.ones_like(p))}, attrs={"target": "face", "layer": "x"})
+    sel = xr.Dataset({name: ("channel", p), "t": ("channel", np.ones_like(p))}, attrs={"target": "face", "layer": "x"})
     chosen = lesions.select_units(sel, q=0.05)
     expected = np.flatnonzero(scipy.stats.false_discovery_control(p) <= 0.05)
     assert sorted(chosen.values.tolist()) == expected.tolist()
