@@ -285,7 +285,7 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         "selection": "top-N by d' (face vs place+object / place vs face+object) on the selection half of fLoc",
         "localizer_fraction": cfg["frac"], "n_localizer_images": len(localizer),
         "p_sham_definition": "one sided, over all (n_sham + 1)^2 pairings of face-lesion and place-lesion draws "
-                  "(neurocnn.tasks.sham_interaction_test); floor p_sham_floor = 1 / (n_sham + 1)^2",
+                             "(neurocnn.tasks.sham_interaction_test); floor p_sham_floor = 1 / (n_sham + 1)^2",
         "sham": "random units matched one-to-one on mean localizer activation, excluding face and place units",
         "size_definition": "size = fraction of the layer's channels (units); 0 = a single channel (unit)",
         "tms_size": TMS_SIZE, "tms_sd": "channel activation SD over localizer images and positions",
