@@ -176,18 +176,19 @@ def main(argv: list[str] | None = None) -> int:
 def _plot(ds: xr.Dataset, sham: list[str]):
     import matplotlib.pyplot as plt
 
-    main = ["intact", "face KO", "place KO"]
     layers = list(ds["fit_layer"].values)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     x = np.arange(len(layers))
-    for i, c in enumerate(main):
-        sub = ds.sel(condition=c)
-        err = np.vstack([sub["tau_a"] - sub["tau_a_ci_low"], sub["tau_a_ci_high"] - sub["tau_a"]])
-        axes[0].errorbar(x + (i - 1) * 0.15, sub["tau_a"], yerr=err, fmt="o", capsize=3, label=c)
-    s = ds["tau_a"].sel(condition=sham)
-    axes[0].fill_between(x, s.min("condition"), s.max("condition"), color="gray", alpha=0.3, label="matched sham (range)")
+    change = ds["tau_a"] - ds["tau_a"].sel(condition="intact")
+    for i, c in enumerate(["face KO", "place KO"]):
+        d = change.sel(condition=c)
+        err = np.vstack([d - ds["delta_tau_a_ci_low"].sel(condition=c), ds["delta_tau_a_ci_high"].sel(condition=c) - d])
+        axes[0].errorbar(x + (i - 0.5) * 0.2, d, yerr=err, fmt="o", capsize=3, label=f"{c} (paired 95% CI)")
+    s = change.sel(condition=sham)
+    axes[0].fill_between(x, s.min("condition"), s.max("condition"), color="gray", alpha=0.3, label=f"{len(sham)} matched shams (range)")
+    axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set_xticks(x, layers, rotation=30)
-    axes[0].set_ylabel("tau-a with human IT (95% CI)")
+    axes[0].set_ylabel("change in tau-a with human IT")
     axes[0].legend(fontsize=7)
     delta = ds["block_structure"] - ds["block_structure"].sel(condition="intact")
     blocks = list(ds["block"].values)
