@@ -224,7 +224,7 @@ def _logger(args, t0: float):
     return log
 
 
-def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
+def run_model(name: str, args, cfg: dict, save: Callable[[str, xr.Dataset], None]) -> tuple[dict[str, xr.Dataset], dict]:
     t0 = time.time()
     log = _logger(args, t0)
     subject = nc.VirtualSubject(name)
@@ -272,13 +272,6 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         "tms_channel": lambda: _map(subject, task, readout, layers, list(cfg["amplitudes"]), "amplitude", tms_cell, desc="TMS map", **common),
         "knockout_unit": lambda: _map(subject, task, readout, unit_layers, sizes, "size", ko_cell("unit"), desc="KO map (units)", **common),
     }
-    maps = {}
-    for kind in args.maps:
-        if kind != "knockout_unit" or unit_layers:
-            start = time.time()
-            maps[kind] = plans[kind]()
-            maps[kind].attrs["map_runtime_s"] = round(time.time() - start, 1)
-            log(f"{name}: {kind} map ({maps[kind].attrs['map_runtime_s']} s)")
     attrs = {
         "model": subject.name, "weights_sha256": subject.weights_id, "seed": args.seed, "quick": int(args.quick),
         **readout.attrs(), **task.attrs(), "readout_training": "intact",
@@ -294,11 +287,18 @@ def run_model(name: str, args, cfg: dict) -> tuple[dict[str, xr.Dataset], dict]:
         "dod_definition": "DoD = [acc_placeKO(face) - acc_faceKO(face)] - [acc_placeKO(house) - acc_faceKO(house)]",
         "intact_face_accuracy": float(intact["accuracy"].sel(category="face")),
         "intact_house_accuracy": float(intact["accuracy"].sel(category="house")),
-        "recalibrate": "none", "runtime_s": round(time.time() - t0, 1),
+        "recalibrate": "none",
     }
-    for ds in maps.values():
-        ds.attrs = {**attrs, **ds.attrs}
-    return maps, attrs
+    maps = {}
+    for kind in args.maps:
+        if kind != "knockout_unit" or unit_layers:
+            start = time.time()
+            ds = plans[kind]()
+            ds.attrs = {**attrs, **ds.attrs, "map_runtime_s": round(time.time() - start, 1), "runtime_s": round(time.time() - t0, 1)}
+            save(kind, ds)  # each map as soon as it is done: a long run that stops later keeps it
+            maps[kind] = ds
+            log(f"{name}: {kind} map ({ds.attrs['map_runtime_s']} s)")
+    return maps, {**attrs, "runtime_s": round(time.time() - t0, 1)}
 
 
 def _best(ds: xr.Dataset, step: str) -> dict:
@@ -374,10 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     models = [args.model] if args.model else available_models()[:1] if args.quick else available_models()
     all_maps, summary = {}, {"models": models, "quick": bool(args.quick), "seed": args.seed, "best_cells": {}}
     for name in models:
-        maps, attrs = run_model(name, args, cfg)
+        maps, attrs = run_model(name, args, cfg, lambda kind, m: nc.io.save(m, out / f"dissociation_map_{name}_{kind}.nc",
+                                                                          overwrite=args.overwrite))
         all_maps[name] = maps
-        for kind, m in maps.items():
-            nc.io.save(m, out / f"dissociation_map_{name}_{kind}.nc", overwrite=args.overwrite)
         summary["best_cells"][name] = {k: _best(m, "size" if "size" in m.dims else "amplitude") for k, m in maps.items()}
         summary["best_cells"][name]["intact"] = {"face": attrs["intact_face_accuracy"], "house": attrs["intact_house_accuracy"]}
         summary["best_cells"][name]["runtime_s"] = attrs["runtime_s"]

@@ -410,6 +410,50 @@ def test_matched_random_units_follow_the_lesions_mean_activation():
         lesions.matched_random_units(np.arange(150), mean, exclude=np.arange(150, 200))
 
 
+def _matched_by_full_sort(units, mean, seed, k):
+    """The matching written out: for each unit (in the seeded random order) sort every free pool unit by distance."""
+    target = np.sort(np.asarray(units))
+    pool = np.setdiff1d(np.arange(mean.size), target)
+    rng = np.random.default_rng(seed)
+    free = np.ones(pool.size, bool)
+    chosen = []
+    for u in rng.permutation(target):
+        cand = np.flatnonzero(free)
+        near = cand[np.argsort(np.abs(mean[pool[cand]] - mean[u]), kind="stable")[:k]]
+        near = near[np.argsort(mean[pool[near]], kind="stable")]  # numbered in activation order
+        pick = near[rng.integers(near.size)]
+        free[pick] = False
+        chosen.append(pool[pick])
+    return np.sort(chosen)
+
+
+def test_matched_random_units_draw_among_the_k_nearest_free_units():
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        n = int(rng.integers(5, 300))
+        mean = rng.normal(size=n)
+        units = rng.choice(n, int(rng.integers(1, n // 3 + 2)), replace=False)
+        # k = 1: the nearest free unit, no choice left, so the result is the written-out matching's
+        np.testing.assert_array_equal(lesions.matched_random_units(units, mean, seed=trial, n_neighbours=1),
+                                      _matched_by_full_sort(units, mean, trial, 1))
+    # k > 1, continuous activations: the same random stream over the same k nearest, so the same draws
+    mean = rng.normal(size=500)
+    units = rng.choice(500, 60, replace=False)
+    for k in (2, 7, 25):
+        np.testing.assert_array_equal(lesions.matched_random_units(units, mean, seed=3, n_neighbours=k),
+                                      _matched_by_full_sort(units, mean, 3, k))
+
+
+def test_matched_random_units_with_ties_and_a_large_layer():
+    rng = np.random.default_rng(1)
+    mean = np.maximum(rng.normal(size=20_000), 0)  # ReLU: half the units tie at 0
+    units = rng.choice(20_000, 4_000, replace=False)
+    sham = lesions.matched_random_units(units, mean, seed=0)
+    assert sham.size == 4_000 and np.unique(sham).size == 4_000 and not np.intersect1d(sham, units).size
+    assert abs(mean[sham].mean() - mean[units].mean()) < 0.05 * mean.std()
+    assert (mean[sham] == 0).sum() == pytest.approx((mean[units] == 0).sum(), rel=0.05)
+
+
 class WithBN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
