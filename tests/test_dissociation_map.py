@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.stats
 import xarray as xr
-
-SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "dissociation_map.py"
+from _scripts import REPO, load_script
 
 
 @pytest.fixture(scope="module")
 def dm():
-    spec = importlib.util.spec_from_file_location("dissociation_map", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "analyses" / "dissociation_map.py")
 
 
 def test_fdr_marks_cells_significant_only_under_both_nulls_and_positive_dod(dm):

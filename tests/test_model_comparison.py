@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import csv
 import json
 from pathlib import Path
@@ -14,6 +13,7 @@ import xarray as xr
 from scipy.stats import false_discovery_control
 from torch import nn
 
+from _scripts import load_script
 from neurocnn import models, rsa
 
 SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "model_comparison.py"
@@ -21,10 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "model_comparison.py
 
 @pytest.fixture(scope="module")
 def mc():
-    spec = importlib.util.spec_from_file_location("model_comparison", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "model_comparison")
 
 
 def _rdm_stack(vectors, n, names):

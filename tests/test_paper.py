@@ -16,22 +16,13 @@ import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 
 import neurocnn as nc  # noqa: E402
+from _scripts import load_script  # noqa: E402
 from neurocnn.exceptions import AnalysisFailedError, MissingFileError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_script(path: Path):
-    import importlib.util
-
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"_paper_test_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-paper = _load_script(REPO / "paper" / "builder.py")
+paper = load_script(REPO / "paper" / "builder.py")
 TEMPLATE = REPO / "paper" / "manuscript.md.in"
 #: The analyses whose headline values the manuscript template uses.
 TEMPLATE_ANALYSES = ("layers_vs_hit", "searchlight_demo", "haxby_searchlight", "receptive_fields", "virtual_tms",
@@ -40,9 +31,9 @@ TEMPLATE_ANALYSES = ("layers_vs_hit", "searchlight_demo", "haxby_searchlight", "
 
 def _headlines(out: Path, names=TEMPLATE_ANALYSES) -> Path:
     """Write each analysis' headline.json from its (fake) results, as the script does at its end."""
-    common = _load_script(REPO / "analyses" / "_common.py")
+    common = load_script(REPO / "analyses" / "_common.py")
     for name in names:
-        common.write_headline(out / name, _load_script(REPO / "analyses" / f"{name}.py").headline)
+        common.write_headline(out / name, load_script(REPO / "analyses" / f"{name}.py").headline)
     return out
 LAYERS = ["stem", "stage4", "head"]
 
