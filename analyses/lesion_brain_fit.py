@@ -143,10 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                       **{f"block_{b}": float(sub["block_structure"].sel(block=b)) for b in BLOCKS}}
         d_face = float(delta["tau_a"].sel(condition="face KO", fit_layer=layer_name))
         d_sham = delta["tau_a"].sel(condition=sham, fit_layer=layer_name).values
-        row["delta_tau_face_ko"] = d_face
-        row["delta_tau_face_ko_ci"] = [float(ds[f"delta_tau_a_ci_{e}"].sel(condition="face KO", fit_layer=layer_name)) for e in ("low", "high")]
-        row["delta_tau_place_ko"] = float(delta["tau_a"].sel(condition="place KO", fit_layer=layer_name))
-        row["delta_tau_place_ko_ci"] = [float(ds[f"delta_tau_a_ci_{e}"].sel(condition="place KO", fit_layer=layer_name)) for e in ("low", "high")]
+        for c, key in (("face KO", "face_ko"), ("place KO", "place_ko")):
+            row[f"delta_tau_{key}"] = float(delta["tau_a"].sel(condition=c, fit_layer=layer_name))
+            row[f"delta_tau_{key}_ci"] = [float(ds[f"delta_tau_a_ci_{e}"].sel(condition=c, fit_layer=layer_name)) for e in ("low", "high")]
         row["delta_tau_sham_mean"] = float(d_sham.mean())
         row["delta_tau_sham_range"] = [float(d_sham.min()), float(d_sham.max())]
         row["p_sham_face_ko_lower"] = float((1 + np.sum(d_sham <= d_face)) / (1 + d_sham.size))

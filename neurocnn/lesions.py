@@ -194,8 +194,9 @@ def selectivity(
         Over dim ``channel`` (or ``unit``): ``mean_target``, ``mean_against``,
         ``sd_target``, ``sd_against``, ``d_prime`` = (mt - ma) / sqrt((st² + sa²) / 2),
         ``t`` and ``p_value`` (Welch's t-test, one-sided target > against; units
-        constant across all images get t = 0, p = 1; ``p`` is a deprecated alias), ``selectivity_index`` = (mt - ma) /
-        (|mt| + |ma|) in [-1, 1] (0 where both means are 0). Attrs: provenance,
+        constant across all images get t = 0, p = 1; ``p`` is a deprecated alias),
+        ``selectivity_index`` = (mt - ma) / (|mt| + |ma|) in [-1, 1] (0 where both
+        means are 0). Attrs: provenance,
         target, against, by, level, n_target, n_against, response.
 
     Raises
@@ -655,7 +656,7 @@ def matched_random_units(
     unused pool units closest to it in mean activation (ties between equally close
     units go to the lower activation, then the lower index), so the sham set's activation
     distribution follows the lesion's. Each draw costs O(log pool) plus the removal of
-    the drawn unit, so a sham of 15,000 of 75,000 units takes well under a second.
+    the drawn unit (a sham of 15,000 of 75,000 units: about 1 s).
 
     Parameters
     ----------
@@ -692,8 +693,8 @@ def matched_random_units(
     values, free = mean[pool][order], pool[order]
     chosen = []
     for u in rng.permutation(target):
-        lo = _nearest_window(values, mean[u], min(k, values.size))
-        place = lo + int(rng.integers(min(k, values.size)))
+        window = min(k, values.size)
+        place = _nearest_window(values, mean[u], window) + int(rng.integers(window))
         chosen.append(free[place])
         values, free = np.delete(values, place), np.delete(free, place)
     return np.sort(np.asarray(chosen, dtype=np.int64))

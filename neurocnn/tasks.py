@@ -532,6 +532,19 @@ def _logit_fit(x: np.ndarray, y: np.ndarray, n_iter: int = 100) -> tuple[np.ndar
     return beta, np.sqrt(np.diag(cov))
 
 
+def _two_categories(a: xr.Dataset, *others: xr.Dataset) -> list[str]:
+    """The 2 pair categories of evaluations that must share their test pairs (for the interaction tests)."""
+    cats = [str(c) for c in a["category"].values]
+    for ev in others:
+        if (not np.array_equal(ev["pair"].values, a["pair"].values)
+                or not np.array_equal(ev["pair_category"].values, a["pair_category"].values)
+                or [str(c) for c in ev["category"].values] != cats):
+            raise ShapeMismatchError("The evaluations must be of the same test pairs and categories (same task and readout).")
+    if len(cats) != 2:
+        raise ShapeMismatchError(f"The interaction test needs exactly 2 pair categories, got {cats}.")
+    return cats
+
+
 def interaction_test(
     a: xr.Dataset,
     b: xr.Dataset,
@@ -568,11 +581,7 @@ def interaction_test(
     ShapeMismatchError
         If ``a`` and ``b`` were not evaluated on the same pairs, or there are not 2 categories.
     """
-    if not np.array_equal(a["pair"].values, b["pair"].values) or not np.array_equal(a["pair_category"].values, b["pair_category"].values):
-        raise ShapeMismatchError("a and b must be evaluations of the same test pairs (same task and readout).")
-    cats = [str(c) for c in a["category"].values]
-    if len(cats) != 2:
-        raise ShapeMismatchError(f"The interaction test needs exactly 2 pair categories, got {cats}.")
+    cats = _two_categories(a, b)
     n_permutations, n_bootstrap = check_positive_int("n_permutations", n_permutations), check_positive_int("n_bootstrap", n_bootstrap)
     ci = check_fraction("ci", ci)
     rng = numpy_rng(seed)
@@ -661,12 +670,7 @@ def sham_interaction_test(
     shams_a, shams_b = list(shams_a), list(shams_b)
     if not shams_a or not shams_b:
         raise InvalidDataError("sham_interaction_test needs at least one sham evaluation for each lesion.")
-    cats = [str(c) for c in a["category"].values]
-    if len(cats) != 2:
-        raise ShapeMismatchError(f"The interaction test needs exactly 2 pair categories, got {cats}.")
-    for ev in (b, *shams_a, *shams_b):
-        if not np.array_equal(ev["pair"].values, a["pair"].values) or [str(c) for c in ev["category"].values] != cats:
-            raise ShapeMismatchError("All evaluations must be of the same test pairs and categories (same task and readout).")
+    cats = _two_categories(a, b, *shams_a, *shams_b)
     e_a = np.array([_category_effect(ev, cats) for ev in (a, *shams_a)])
     e_b = np.array([_category_effect(ev, cats) for ev in (b, *shams_b)])
     dod_all = e_b[None, :] - e_a[:, None]  # rows: A draws, columns: B draws
